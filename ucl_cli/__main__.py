@@ -1,0 +1,3 @@
+from ucl_cli.cli import main
+
+main()

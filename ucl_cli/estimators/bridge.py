@@ -1,0 +1,197 @@
+"""The exact bridge score of PAPER.md, Lemma 1, and its sharded form.
+
+    score[n, k] = logsumexp_m( left[n, m] + right[m, k] ) - log M
+
+Shapes: left [N, M] (query n vs bank item m, already scaled: s1 * f_AB), right [M, K] (bank item m
+vs candidate k: s2 * f_BC). Never materialises [N, M, K].
+
+The fast route is a matrix product in exp space. With row shifts a[n] = max_m left[n, m] and
+column shifts b[k] = max_m right[m, k], every factor exp(left - a), exp(right - b) lies in (0, 1]:
+
+    score[n, k] = a[n] + b[k] + log( exp(left - a) @ exp(right - b) )[n, k] - log M
+
+This is exact except where the best path for (n, k) is far from both maxima, so that the sum S
+falls near the floating-point underflow range and its terms lose precision (or S becomes 0 and
+the log -inf). Each underflowed term is wrong by at most ~2 * tiny (the smallest normal number),
+so an S at least 4 * M * tiny / eps is accurate to within eps relative; the entries below that
+threshold (rare in practice, certain in adversarial cases) are recomputed by an exact streamed
+logsumexp over their bank rows alone. Float32 matrix products run at full IEEE precision (TF32
+and bf16 shortcuts are switched off for the call).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ucl_cli.errors import NonFiniteScoresError, UsageError
+
+# Elements of one temporary block (about 64 MiB in float32); bounds extra memory for any M.
+BLOCK_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True)
+class PartialScores:
+    """The bridge sum over one shard of the bank, before normalising by the bank size.
+
+    lse: [N, K], logsumexp over this shard's bank rows (-inf for an empty shard).
+    count: how many bank rows the shard holds.
+    """
+
+    lse: torch.Tensor
+    count: int
+
+
+def bridge_scores(
+    left: torch.Tensor, right: torch.Tensor, *, chunk_size: int | None = None
+) -> torch.Tensor:
+    """Exact Monte Carlo bridge score [N, K] for left [N, M] and right [M, K].
+
+    Float64 in, float64 out; float32 in, float32 out; float16/bfloat16 are computed and returned
+    in float32. Works on any device torch supports; nothing is moved between devices.
+    """
+    return combine_partials([partial_bridge_scores(left, right, chunk_size=chunk_size)])
+
+
+def partial_bridge_scores(
+    left_shard: torch.Tensor, right_shard: torch.Tensor, *, chunk_size: int | None = None
+) -> PartialScores:
+    """logsumexp over one shard of bank rows; combine shards with `combine_partials`.
+
+    Any split of the bank rows into shards (across chunks, GPUs or machines) combines to the
+    same scores as one call over the whole bank.
+    """
+    left, right = _validated(left_shard, right_shard)
+    if left.shape[1] == 0:
+        empty = torch.full((left.shape[0], right.shape[1]), -math.inf, dtype=left.dtype)
+        return PartialScores(empty.to(left.device), 0)
+    return PartialScores(_log_sum_exp_product(left, right, chunk_size), left.shape[1])
+
+
+def combine_partials(parts: Sequence[PartialScores]) -> torch.Tensor:
+    """Scores [N, K] from the partial sums of disjoint shards: logaddexp, then minus log M."""
+    if not parts:
+        raise UsageError("combine_partials needs at least one partial result")
+    total = sum(part.count for part in parts)
+    if total == 0:
+        raise UsageError("the bank is empty: every shard has zero rows")
+    shapes = {tuple(part.lse.shape) for part in parts}
+    if len(shapes) != 1:
+        raise UsageError(f"partial results disagree on the [N, K] shape: {sorted(shapes)}")
+    lse = parts[0].lse if len(parts) == 1 else torch.logsumexp(
+        torch.stack([part.lse for part in parts]), dim=0
+    )
+    return lse - math.log(total)
+
+
+def exact_pair_scores(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    *,
+    block_elements: int = BLOCK_ELEMENTS,
+) -> torch.Tensor:
+    """logsumexp_m(left[rows[p], m] + right[m, cols[p]]) for P pairs, streamed: [P].
+
+    Memory is bounded by `block_elements` whatever P and M are. This is the slow, always-exact
+    route, used for the entries the matrix-product route cannot certify.
+    """
+    pairs, bank = rows.numel(), left.shape[1]
+    out = torch.full((pairs,), -math.inf, dtype=left.dtype, device=left.device)
+    if pairs == 0 or bank == 0:
+        return out
+    pair_block = max(1, min(pairs, block_elements // bank))
+    bank_block = max(1, block_elements // pair_block)
+    for p0 in range(0, pairs, pair_block):
+        r, c = rows[p0 : p0 + pair_block], cols[p0 : p0 + pair_block]
+        acc = out[p0 : p0 + pair_block]
+        for m0 in range(0, bank, bank_block):
+            paths = left[r, m0 : m0 + bank_block] + right[m0 : m0 + bank_block][:, c].T
+            acc = torch.logaddexp(acc, torch.logsumexp(paths, dim=1))
+        out[p0 : p0 + pair_block] = acc
+    return out
+
+
+def _validated(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if left.dim() != 2 or right.dim() != 2:
+        raise UsageError(
+            f"left must be [N, M] and right [M, K]; got shapes {tuple(left.shape)} "
+            f"and {tuple(right.shape)}"
+        )
+    if left.shape[1] != right.shape[0]:
+        raise UsageError(
+            f"left has {left.shape[1]} bank columns but right has {right.shape[0]} bank rows; "
+            "the two bank matrices must be row-aligned"
+        )
+    if left.device != right.device:
+        raise UsageError(f"left is on {left.device} but right is on {right.device}")
+    if not (left.is_floating_point() and right.is_floating_point()):
+        raise UsageError(f"scores must be floating point; got {left.dtype} and {right.dtype}")
+    dtype = torch.promote_types(left.dtype, right.dtype)
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32
+    return left.to(dtype), right.to(dtype)
+
+
+def _log_sum_exp_product(
+    left: torch.Tensor, right: torch.Tensor, chunk_size: int | None
+) -> torch.Tensor:
+    """logsumexp_m(left[n, m] + right[m, k]) [N, K]: guarded exp-space product, exact fallback."""
+    row_shift = _finite_shift(left.amax(dim=1), "left")  # [N]
+    col_shift = _finite_shift(right.amax(dim=0), "right")  # [K]
+    sums = _shifted_exp_product(left, right, row_shift, col_shift, chunk_size)
+    lse = row_shift[:, None] + col_shift[None, :] + torch.log(sums)
+
+    info = torch.finfo(left.dtype)
+    trusted_floor = 4.0 * left.shape[1] * info.tiny / info.eps
+    uncertain = sums < trusted_floor
+    if bool(uncertain.any()):
+        rows, cols = uncertain.nonzero(as_tuple=True)
+        lse[rows, cols] = exact_pair_scores(left, right, rows, cols)
+    return lse
+
+
+def _shifted_exp_product(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    row_shift: torch.Tensor,
+    col_shift: torch.Tensor,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """sum_m exp(left[n, m] - a[n]) * exp(right[m, k] - b[k]), accumulated over bank chunks."""
+    n, bank = left.shape
+    k = right.shape[1]
+    chunk = chunk_size or max(1024, BLOCK_ELEMENTS // (8 * (n + k)))
+    sums = torch.zeros((n, k), dtype=left.dtype, device=left.device)
+    with _full_precision_matmul():
+        for m0 in range(0, bank, chunk):
+            left_factor = (left[:, m0 : m0 + chunk] - row_shift[:, None]).exp_()
+            right_factor = (right[m0 : m0 + chunk] - col_shift[None, :]).exp_()
+            sums.addmm_(left_factor, right_factor)
+    return sums
+
+
+def _finite_shift(maxima: torch.Tensor, name: str) -> torch.Tensor:
+    """Per-row or per-column shift. NaN or +inf inputs are refused; an all -inf line gets 0."""
+    if bool(torch.isnan(maxima).any()) or bool(torch.isposinf(maxima).any()):
+        raise NonFiniteScoresError(f"{name} contains NaN or +inf; bridge scores need finite input")
+    return torch.where(torch.isneginf(maxima), torch.zeros_like(maxima), maxima)
+
+
+@contextlib.contextmanager
+def _full_precision_matmul() -> Iterator[None]:
+    """Switch off TF32/bf16 float32 matmul shortcuts for the call; restore the user's setting."""
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
