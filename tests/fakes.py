@@ -55,6 +55,7 @@ class HashEncoder(Encoder):
             if raw in self.planted:
                 rows.append(self.planted[raw])
                 continue
-            seed = int.from_bytes(hashlib.sha256(modality.value.encode() + raw).digest()[:8], "little")
+            digest = hashlib.sha256(modality.value.encode() + raw).digest()
+            seed = int.from_bytes(digest[:8], "little")
             rows.append(np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32))
         return np.stack(rows)

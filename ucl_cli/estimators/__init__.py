@@ -12,20 +12,40 @@ from ucl_cli.estimators.bridge import (
     partial_bridge_scores,
 )
 from ucl_cli.estimators.critics import CRITICS, cosine, dot, get_critic, neg_sq_l2
+from ucl_cli.estimators.explain import Explanation, effective_sample_size, explain_pairs
 from ucl_cli.estimators.metrics import mean_rank, recall_at_k, recall_at_k_per_query
+from ucl_cli.estimators.topk import (
+    BridgeBounds,
+    CertifiedRanking,
+    TopEntries,
+    certify_ranking,
+    top_entries,
+    topk_bounds_from_matrices,
+    topk_bridge_bounds,
+)
 
 __all__ = [
     "CRITICS",
+    "BridgeBounds",
+    "CertifiedRanking",
+    "Explanation",
     "PartialScores",
+    "TopEntries",
     "bridge_scores",
+    "certify_ranking",
     "combine_partials",
     "cosine",
     "dot",
+    "effective_sample_size",
     "exact_pair_scores",
+    "explain_pairs",
     "get_critic",
     "mean_rank",
     "neg_sq_l2",
     "partial_bridge_scores",
     "recall_at_k",
     "recall_at_k_per_query",
+    "top_entries",
+    "topk_bounds_from_matrices",
+    "topk_bridge_bounds",
 ]
