@@ -34,6 +34,9 @@ from ucl_cli.errors import NonFiniteScoresError, UsageError
 BLOCK_ELEMENTS = 1 << 24
 # Bank rows summed by one low-precision matrix product before its result is added in float64.
 PARTIAL_TERMS = 1024
+# Elements of left and right processed per step of the one-pass loop (about 4 MiB in float32):
+# small enough to stay in cache between the max, the exp and the product.
+CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,10 @@ def _log_sum_exp_product(
     left: torch.Tensor, right: torch.Tensor, chunk_size: int | None
 ) -> torch.Tensor:
     """logsumexp_m(left[n, m] + right[m, k]) [N, K] float64: guarded product, exact fallback."""
-    row_shift = _finite_shift(left.amax(dim=1), "left")  # [N]
-    col_shift = _finite_shift(right.amax(dim=0), "right")  # [K]
-    sums = _shifted_exp_product(left, right, row_shift, col_shift, chunk_size)
+    sums, row_shift, col_shift = _online_exp_product(left, right, chunk_size)
+    _refuse_non_finite(row_shift, "left")
+    _refuse_non_finite(col_shift, "right")
+    row_shift, col_shift = _zero_if_neg_inf(row_shift), _zero_if_neg_inf(col_shift)
     lse = row_shift.double()[:, None] + col_shift.double()[None, :] + torch.log(sums)
 
     info = torch.finfo(left.dtype)
@@ -165,46 +169,84 @@ def _log_sum_exp_product(
     return lse
 
 
-def _shifted_exp_product(
-    left: torch.Tensor,
-    right: torch.Tensor,
-    row_shift: torch.Tensor,
-    col_shift: torch.Tensor,
-    chunk_size: int | None,
-) -> torch.Tensor:
-    """sum_m exp(left[n, m] - a[n]) * exp(right[m, k] - b[k]) [N, K], in float64.
+def _online_exp_product(
+    left: torch.Tensor, right: torch.Tensor, chunk_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass over the bank: S = sum_m exp(left[n, m] - a[n]) * exp(right[m, k] - b[k]).
+
+    a and b are running maxima (as in online softmax): when a chunk raises them, the float64
+    accumulator is rescaled, so each bank chunk is read once, while it is still in cache.
+    Returns (S [N, K] float64, a [N], b [K]).
 
     Each matrix product in the input dtype sums at most PARTIAL_TERMS bank rows (a batched
-    product over [C, PARTIAL_TERMS] blocks of a chunk); the partial sums are added in float64,
-    so float32 rounding does not grow with the bank size.
+    product over [C, PARTIAL_TERMS] blocks of a chunk); partial sums are added in float64, so
+    float32 rounding does not grow with the bank size.
     """
     n, bank = left.shape
     k = right.shape[1]
-    chunk = chunk_size or max(PARTIAL_TERMS, BLOCK_ELEMENTS // (8 * (n + k)))
-    chunk = max(PARTIAL_TERMS, chunk // PARTIAL_TERMS * PARTIAL_TERMS)
+    chunk = chunk_size or max(32, CHUNK_ELEMENTS // (n + k))
+    if chunk > PARTIAL_TERMS:
+        chunk = chunk // PARTIAL_TERMS * PARTIAL_TERMS
     sums = torch.zeros((n, k), dtype=torch.float64, device=left.device)
+    row_shift = torch.full((n,), -math.inf, dtype=left.dtype, device=left.device)
+    col_shift = torch.full((k,), -math.inf, dtype=left.dtype, device=left.device)
     with _full_precision_matmul(), _flush_denormals(left.device):
         for m0 in range(0, bank, chunk):
-            left_factor = (left[:, m0 : m0 + chunk] - row_shift[:, None]).exp_()
-            right_factor = (right[m0 : m0 + chunk] - col_shift[None, :]).exp_()
-            whole = left_factor.shape[1] // PARTIAL_TERMS * PARTIAL_TERMS
-            if whole:
-                blocks = whole // PARTIAL_TERMS
-                partial = torch.bmm(
-                    left_factor[:, :whole].reshape(n, blocks, PARTIAL_TERMS).transpose(0, 1),
-                    right_factor[:whole].reshape(blocks, PARTIAL_TERMS, k),
-                )
-                sums += partial.sum(dim=0, dtype=torch.float64)
-            if whole < left_factor.shape[1]:
-                sums += (left_factor[:, whole:] @ right_factor[whole:]).double()
-    return sums
+            left_chunk, right_chunk = left[:, m0 : m0 + chunk], right[m0 : m0 + chunk]
+            new_row_shift = torch.maximum(row_shift, left_chunk.amax(dim=1))
+            new_col_shift = torch.maximum(col_shift, _column_max(right_chunk))
+            sums *= _rescale(row_shift, new_row_shift)[:, None]
+            sums *= _rescale(col_shift, new_col_shift)[None, :]
+            row_shift, col_shift = new_row_shift, new_col_shift
+            left_factor = (left_chunk - _zero_if_neg_inf(row_shift)[:, None]).exp_()
+            right_factor = (right_chunk - _zero_if_neg_inf(col_shift)[None, :]).exp_()
+            sums += _blocked_product(left_factor, right_factor)
+    return sums, row_shift, col_shift
 
 
-def _finite_shift(maxima: torch.Tensor, name: str) -> torch.Tensor:
-    """Per-row or per-column shift. NaN or +inf inputs are refused; an all -inf line gets 0."""
+def _blocked_product(left_factor: torch.Tensor, right_factor: torch.Tensor) -> torch.Tensor:
+    """left_factor @ right_factor in float64, each low-precision product over <= PARTIAL_TERMS."""
+    n, rows = left_factor.shape
+    k = right_factor.shape[1]
+    if rows <= PARTIAL_TERMS:
+        return (left_factor @ right_factor).double()
+    whole = rows // PARTIAL_TERMS * PARTIAL_TERMS
+    blocks = whole // PARTIAL_TERMS
+    partial = torch.bmm(
+        left_factor[:, :whole].reshape(n, blocks, PARTIAL_TERMS).transpose(0, 1),
+        right_factor[:whole].reshape(blocks, PARTIAL_TERMS, k),
+    ).sum(dim=0, dtype=torch.float64)
+    if whole < rows:
+        partial += (left_factor[:, whole:] @ right_factor[whole:]).double()
+    return partial
+
+
+def _column_max(x: torch.Tensor) -> torch.Tensor:
+    """x.amax(dim=0), fast for narrow x: torch reduces a [rows, 25] column slowly on CPU, so
+    fold groups of rows into one long contiguous row first."""
+    rows, width = x.shape
+    group = 64
+    if x.device.type != "cpu" or width >= 256 or rows < 2 * group or not x.is_contiguous():
+        return x.amax(dim=0)
+    whole = rows // group * group
+    folded = x[:whole].reshape(-1, group * width).amax(dim=0).view(group, width).amax(dim=0)
+    return folded if whole == rows else torch.maximum(folded, x[whole:].amax(dim=0))
+
+
+def _rescale(old_shift: torch.Tensor, new_shift: torch.Tensor) -> torch.Tensor:
+    """exp(old - new) in float64, the factor that moves sums to the new shift (1 where unset)."""
+    old, new = _zero_if_neg_inf(old_shift).double(), _zero_if_neg_inf(new_shift).double()
+    return torch.where(torch.isneginf(old_shift), torch.ones_like(old), torch.exp(old - new))
+
+
+def _zero_if_neg_inf(shift: torch.Tensor) -> torch.Tensor:
+    """A line that is all -inf (no path at all) gets shift 0, so that nothing becomes NaN."""
+    return torch.where(torch.isneginf(shift), torch.zeros_like(shift), shift)
+
+
+def _refuse_non_finite(maxima: torch.Tensor, name: str) -> None:
     if bool(torch.isnan(maxima).any()) or bool(torch.isposinf(maxima).any()):
         raise NonFiniteScoresError(f"{name} contains NaN or +inf; bridge scores need finite input")
-    return torch.where(torch.isneginf(maxima), torch.zeros_like(maxima), maxima)
 
 
 @contextlib.contextmanager
