@@ -29,7 +29,9 @@ class UclGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except UclError as err:
-            stderr.print(f"[bold red]ucl: error:[/] {escape(str(err))}", highlight=False)
+            stderr.print(
+                f"[bold red]ucl: error:[/] {escape(str(err))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("ucl: interrupted")

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from enum import Enum
 from typing import Any
 
 import numpy as np
 import torch
 
 from ucl_cli.errors import UsageError
+from ucl_cli.modality import Modality
 
-
-class Modality(str, Enum):
-    TEXT = "text"
-    IMAGE = "image"
-    AUDIO = "audio"
+__all__ = ["Encoder", "Modality", "ProgressCallback"]
 
 
 # Called after each batch with the number of items just embedded (drives progress bars).

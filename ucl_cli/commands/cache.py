@@ -1,0 +1,95 @@
+"""`ucl cache info` and `ucl cache clear [--model KEY]`: look at and empty the embedding cache.
+
+Results (the table) go to stdout, messages to stderr. The cache module is imported inside the
+commands so that `ucl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ucl_cli import config
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        name="cache",
+        help="The embedding cache: what it holds, and emptying it.",
+        no_args_is_help=True,
+    )
+    group.command("info")(info)
+    group.command("clear")(clear)
+    app.add_typer(group, name="cache")
+
+
+def info() -> None:
+    """Show where the cache is, its size, and how many vectors each model has there."""
+    from ucl_cli.cache import EmbeddingCache
+
+    path = config.cache_path()
+    messages = Console(stderr=True, highlight=False)
+    if not path.exists():
+        messages.print(f"no embedding cache yet at {escape(str(path))}")
+        return
+    with EmbeddingCache(path) as cache:
+        stats = cache.stats()
+    table = Table(
+        title=f"embedding cache {escape(str(path))}",
+        caption=(
+            f"{stats.vectors:,} vectors, {_size(stats.file_bytes)} on disk, "
+            f"{stats.hashed_files:,} file hashes remembered, schema v{stats.schema_version}"
+        ),
+    )
+    table.add_column("model")
+    table.add_column("modality")
+    for column in ("dim", "vectors", "size"):
+        table.add_column(column, justify="right")
+    for entry in stats.models:
+        table.add_row(
+            escape(entry.model),
+            entry.modality,
+            str(entry.dim),
+            f"{entry.vectors:,}",
+            _size(entry.bytes),
+        )
+    Console(highlight=False).print(table)
+
+
+def clear(
+    model: str | None = typer.Option(
+        None, "--model", help="Remove only this model's vectors (its key); others are kept."
+    ),
+) -> None:
+    """Delete cached embeddings (all, or one model's); they are recomputed when next needed."""
+    from ucl_cli.cache import EmbeddingCache
+
+    path = config.cache_path()
+    messages = Console(stderr=True, highlight=False)
+    if not path.exists():
+        messages.print(f"nothing to clear: no embedding cache at {escape(str(path))}")
+        return
+    with EmbeddingCache(path) as cache:
+        cached_models = sorted({entry.model for entry in cache.stats().models})
+        removed = cache.clear(model)
+    if model is not None and removed == 0:
+        others = ", ".join(cached_models) if cached_models else "none"
+        messages.print(
+            f"no cached vectors for model {escape(model)} (cached models: {escape(others)})"
+        )
+        return
+    scope = f" of {escape(model)}" if model is not None else ""
+    messages.print(f"removed {removed:,} cached vectors{scope} from {escape(str(path))}")
+
+
+def _size(count: int) -> str:
+    """Bytes for people: 512 B, 3.4 MiB."""
+    if count < 1024:
+        return f"{count} B"
+    units = ("KiB", "MiB", "GiB", "TiB")
+    value, index = count / 1024, 0
+    while value >= 1024 and index < len(units) - 1:
+        value, index = value / 1024, index + 1
+    return f"{value:.1f} {units[index]}"
