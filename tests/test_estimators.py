@@ -188,6 +188,17 @@ def test_matmul_precision_setting_is_restored():
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("scale", [1.0, 14.0, 100.0])
+def test_float32_tolerance_on_every_device(device, scale):
+    generator = torch.Generator().manual_seed(8)
+    left = (torch.rand(7, 30_000, generator=generator) * 2 - 1) * scale
+    right = (torch.rand(30_000, 9, generator=generator) * 2 - 1) * scale
+    out = bridge_scores(left.to(device), right.to(device))
+    error = (out.cpu().double() - brute_force(left, right)).abs().max().item()
+    assert error <= float32_tolerance(left, right)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_result_stays_on_the_input_device(device):
     left = torch.randn(2, 30, device=device) * 100
     right = torch.randn(30, 3, device=device) * 100
