@@ -34,9 +34,12 @@ from ucl_cli.errors import NonFiniteScoresError, UsageError
 BLOCK_ELEMENTS = 1 << 24
 # Bank rows summed by one low-precision matrix product before its result is added in float64.
 PARTIAL_TERMS = 1024
-# Elements of left and right processed per step of the one-pass loop (about 4 MiB in float32):
-# small enough to stay in cache between the max, the exp and the product.
+# Elements of left and right processed per step of the one-pass loop. On CPU about 4 MiB in
+# float32, small enough to stay in cache between the max, the exp and the product; on a GPU
+# large enough that kernel launches do not dominate (each step is ~15 small kernels).
 CHUNK_ELEMENTS = 1 << 20
+CHUNK_ELEMENTS_GPU = 1 << 26
+LOG2_E = 1.0 / math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -184,24 +187,39 @@ def _online_exp_product(
     """
     n, bank = left.shape
     k = right.shape[1]
-    chunk = chunk_size or max(32, CHUNK_ELEMENTS // (n + k))
+    budget = CHUNK_ELEMENTS if left.device.type == "cpu" else CHUNK_ELEMENTS_GPU
+    chunk = chunk_size or max(32, budget // (n + k))
     if chunk > PARTIAL_TERMS:
         chunk = chunk // PARTIAL_TERMS * PARTIAL_TERMS
     sums = torch.zeros((n, k), dtype=torch.float64, device=left.device)
     row_shift = torch.full((n,), -math.inf, dtype=left.dtype, device=left.device)
     col_shift = torch.full((k,), -math.inf, dtype=left.dtype, device=left.device)
+    chunk = min(chunk, bank)
+    left_buffer = torch.empty((n, chunk), dtype=left.dtype, device=left.device)
+    right_buffer = torch.empty((chunk, k), dtype=left.dtype, device=left.device)
     with _full_precision_matmul(), _flush_denormals(left.device):
         for m0 in range(0, bank, chunk):
             left_chunk, right_chunk = left[:, m0 : m0 + chunk], right[m0 : m0 + chunk]
+            width = left_chunk.shape[1]
             new_row_shift = torch.maximum(row_shift, left_chunk.amax(dim=1))
             new_col_shift = torch.maximum(col_shift, _column_max(right_chunk))
             sums *= _rescale(row_shift, new_row_shift)[:, None]
             sums *= _rescale(col_shift, new_col_shift)[None, :]
             row_shift, col_shift = new_row_shift, new_col_shift
-            left_factor = (left_chunk - _zero_if_neg_inf(row_shift)[:, None]).exp_()
-            right_factor = (right_chunk - _zero_if_neg_inf(col_shift)[None, :]).exp_()
+            left_factor = _shifted_exp(left_chunk, row_shift[:, None], left_buffer[:, :width])
+            right_factor = _shifted_exp(right_chunk, col_shift[None, :], right_buffer[:width])
             sums += _blocked_product(left_factor, right_factor)
     return sums, row_shift, col_shift
+
+
+def _shifted_exp(values: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """exp(values - shift) written into `out`, computed as exp2((values - shift) * log2 e).
+
+    torch's exp2 is about twice as fast as exp on CPU; the extra rounding of the product is
+    of the same order as that of the subtraction (|values - shift| * eps), inside the
+    stated tolerance."""
+    torch.sub(values, _zero_if_neg_inf(shift), out=out)
+    return out.mul_(LOG2_E).exp2_()
 
 
 def _blocked_product(left_factor: torch.Tensor, right_factor: torch.Tensor) -> torch.Tensor:
