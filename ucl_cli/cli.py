@@ -71,6 +71,8 @@ def _register_commands() -> None:
     import ucl_cli.commands as commands
 
     for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if module_info.name.startswith("_"):  # shared helpers, not commands
+            continue
         module = importlib.import_module(f"{commands.__name__}.{module_info.name}")
         module.register(app)
 

@@ -1,0 +1,55 @@
+"""What several commands share: choosing and loading the models. Not a command itself
+(modules whose names start with '_' are not registered)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from ucl_cli.encoders.base import Encoder
+
+
+def load_encoder(key: str, *, device: str) -> Encoder:
+    """The registry's loader (real weights, stand-ins or plugins); the seam tests may replace."""
+    from ucl_cli.encoders.registry import load_encoder as registry_load_encoder
+
+    return registry_load_encoder(key, device=device)
+
+
+def load_encoders(keys: Sequence[str], device: str, console: Console) -> list[Encoder]:
+    with console.status(f"loading {', '.join(keys)} on {device}"):
+        return [load_encoder(key, device=device) for key in keys]
+
+
+def default_model_keys() -> tuple[str, str]:
+    from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO
+
+    return DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO
+
+
+def model_keys(bank_dir: Path | None, image_text: str | None, text_audio: str | None) -> list[str]:
+    """Flags first; then the models the bank (or its interrupted first run) was built with, in
+    the order they were given to `ucl index` (image-text, then text-audio); then the defaults."""
+    held = bank_model_keys(bank_dir) if bank_dir is not None else []
+    if image_text is None and text_audio is None and held:
+        return held
+    fallback = held if len(held) == 2 else list(default_model_keys())
+    return [image_text or fallback[0], text_audio or fallback[1]]
+
+
+def bank_model_keys(bank_dir: Path) -> list[str]:
+    from ucl_cli.bank.catalog import summarize
+
+    if not bank_dir.is_dir():
+        return []
+    summary = summarize(bank_dir)
+    if summary.manifest is not None:
+        return summary.manifest.model_keys()
+    from ucl_cli.bank.staging import Staging
+
+    state = Staging.read_state(bank_dir)
+    return [] if state is None else [model.key for model in state.models]
