@@ -35,8 +35,9 @@ from ucl_cli.estimators.topk import TopEntries
 # Bank rows scored per step: bounds memory at (N + K) * BANK_CHUNK floats whatever M is.
 BANK_CHUNK = 1 << 16
 
-# (unit-norm vectors [R, d], T) -> (inner products [R, T], bank rows [R, T]); a FAISS search.
-NearestRows = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# (unit-norm vectors [R, d], T) -> (inner products [R, T], bank rows [R, T], ceiling [R]): a
+# search that also bounds every row it did not return (see certified_search.CertifiedNearest).
+NearestRows = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -114,17 +115,12 @@ def _bounded_scores(
     t: int,
     device: str,
 ) -> Scores:
-    left_values, left_rows = query_side.nearest(queries, t)  # [N, T]
-    right_values, right_rows = candidate_side.nearest(candidates, t)  # [K, T]
+    left_values, left_rows, left_ceiling = query_side.nearest(queries, t)  # [N, T]
+    right_values, right_rows, right_ceiling = candidate_side.nearest(candidates, t)  # [K, T]
     q = _tensor(queries, device)
     c = _tensor(candidates, device)
-    left_top = TopEntries(
-        _tensor(left_values, device) * query_side.scale, torch.as_tensor(left_rows, device=device)
-    )
-    right_top = TopEntries(
-        _tensor(right_values, device) * candidate_side.scale,
-        torch.as_tensor(right_rows, device=device),
-    )
+    left_top = _scaled_top(left_values, left_rows, left_ceiling, query_side.scale, device)
+    right_top = _scaled_top(right_values, right_rows, right_ceiling, candidate_side.scale, device)
     # right[I_n[t], k] and left[n, J_k[t]] from the gathered bank rows only.
     query_bank_rows = _tensor(candidate_side.bank[np.asarray(left_rows).reshape(-1)], device)
     right_at_left_top = candidate_side.scale * (query_bank_rows @ c.T).reshape(*left_rows.shape, -1)
@@ -148,6 +144,16 @@ def _bounded_scores(
         certified=ranking.certified,
         lower=bounds.lower,
         upper=bounds.upper,
+    )
+
+
+def _scaled_top(
+    values: np.ndarray, rows: np.ndarray, ceiling: np.ndarray, scale: float, device: str
+) -> TopEntries:
+    return TopEntries(
+        _tensor(values, device) * scale,
+        torch.as_tensor(rows, device=device),
+        torch.as_tensor(ceiling * scale, dtype=torch.float32, device=device),
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ucl_cli.bank import Bank
 from ucl_cli.bridge import methods
+from ucl_cli.bridge.certified_search import CertifiedNearest
 from ucl_cli.bridge.methods import BridgeSide, Scores
 from ucl_cli.cache import EmbeddingCache, embed_files
 from ucl_cli.encoders.base import Encoder
@@ -367,10 +368,9 @@ def _encoder_for(encoders: Sequence[Encoder], modality: Modality, bridge: Modali
 
 
 def _side(bank: Bank, encoder: Encoder) -> BridgeSide:
-    def nearest(vectors: np.ndarray, t: int) -> tuple[np.ndarray, np.ndarray]:
-        return bank.search(encoder.key, np.ascontiguousarray(vectors, dtype=np.float32), t)
-
-    return BridgeSide(bank.vectors(encoder.key), encoder.logit_scale, nearest)
+    vectors = bank.vectors(encoder.key)
+    nearest = CertifiedNearest(bank.index(encoder.key), vectors)
+    return BridgeSide(vectors, encoder.logit_scale, nearest)
 
 
 def _caption(scores: Scores, bank: Bank, n: int) -> str | None:

@@ -188,7 +188,9 @@ def _online_exp_product(
     n, bank = left.shape
     k = right.shape[1]
     budget = CHUNK_ELEMENTS if left.device.type == "cpu" else CHUNK_ELEMENTS_GPU
-    chunk = chunk_size or max(32, budget // (n + k))
+    # At least PARTIAL_TERMS rows a step: many tiny steps cost more in per-op overhead (and in
+    # thread wake-ups on a busy machine) than they gain in cache locality.
+    chunk = chunk_size or max(PARTIAL_TERMS, budget // (n + k))
     if chunk > PARTIAL_TERMS:
         chunk = chunk // PARTIAL_TERMS * PARTIAL_TERMS
     sums = torch.zeros((n, k), dtype=torch.float64, device=left.device)

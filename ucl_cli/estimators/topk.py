@@ -8,10 +8,11 @@ k), so with S = sum_m exp(left[n, m] + right[m, k]):
 
     sum_U  <=  S  <=  sum_U + (M - |U|) * exp(left_T[n] + right_T[k])
 
-and a known floor on the critics (cosine >= -1, so left >= -s1) raises the lower bound to
-sum_U + (M - |U|) * exp(left_floor + right_floor). Both bounds are returned in the score's units
-(log, minus log M). They need only the top-T lists (from a FAISS search) and the critic values
-between the query and J_k and between I_n and the candidate, never the whole bank.
+(an approximate index supplies its own ceiling for the rows it did not visit, see
+`TopEntries`), and a known floor on the critics (cosine >= -1, so left >= -s1) raises the lower
+bound to sum_U + (M - |U|) * exp(left_floor + right_floor). Both bounds are returned in the
+score's units (log, minus log M). They need only the top-T lists (from a FAISS search) and the
+critic values between the query and J_k and between I_n and the candidate, never the whole bank.
 """
 
 from __future__ import annotations
@@ -26,10 +27,21 @@ from ucl_cli.errors import UsageError
 
 @dataclass(frozen=True)
 class TopEntries:
-    """The T largest critic values of each row, with their bank indices. values [R, T], desc."""
+    """The T largest critic values of each row, with their bank indices. values [R, T], desc.
+
+    ceiling [R], optional: an upper bound on the value of every row NOT listed. For an exact
+    search it is the T-th value (the default); an approximate index (IVF) must supply a larger
+    one that covers the lists it did not visit.
+    """
 
     values: torch.Tensor
     indices: torch.Tensor
+    ceiling: torch.Tensor | None = None
+
+    def unlisted_ceiling(self) -> torch.Tensor:
+        if self.ceiling is None:
+            return self.values[:, -1]
+        return torch.maximum(self.ceiling.to(self.values.dtype), self.values[:, -1])
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,7 @@ def topk_bridge_bounds(
     if bool((rest < 0).any()):
         raise UsageError(f"bank_size {bank_size} is smaller than the top lists it was given")
     log_rest = torch.log(rest)  # -inf where every row is known: the bounds then coincide
-    ceiling = left_top.values[:, -1][:, None] + right_top.values[:, -1][None, :]
+    ceiling = left_top.unlisted_ceiling()[:, None] + right_top.unlisted_ceiling()[None, :]
     upper = torch.logaddexp(known, log_rest + ceiling)
     lower = torch.logaddexp(known, log_rest + (left_floor + right_floor))
     log_m = math.log(bank_size)
