@@ -1,0 +1,281 @@
+"""Reading a published bank: validated, memory-mapped, safe while a writer publishes.
+
+`load_bank` opens every file the manifest names before returning, so a writer that publishes a
+new generation (and deletes the old files) afterwards does not disturb an open `Bank`: POSIX
+keeps an unlinked file alive while a process holds it open.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Union
+
+import numpy as np
+
+from ucl_cli.bank.files import map_npy, sha256_fd
+from ucl_cli.bank.items import BankItem
+from ucl_cli.bank.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ModelRecord,
+    model_mismatch,
+    read_manifest,
+)
+from ucl_cli.bank.search_index import read_index, search
+from ucl_cli.errors import BankError
+
+if TYPE_CHECKING:
+    import faiss
+
+    from ucl_cli.encoders.base import Encoder
+
+# A writer may publish between our reading the manifest and opening its files; try again then.
+OPEN_ATTEMPTS = 5
+
+SAVE_BATCH_ROWS = 65_536
+
+ModelRef = Union[str, "Encoder", ModelRecord]  # a model key, or what carries one
+
+
+class Bank:
+    """A published bank: items and, per model, a memory-mapped matrix and a FAISS index.
+
+    Rows are aligned: row m of every model's matrix embeds `item(m)`.
+    """
+
+    def __init__(self, path: Path, manifest: Manifest, handles: dict[str, BinaryIO]):
+        self.path = path
+        self.manifest = manifest
+        self._handles = handles
+        self._vectors: dict[int, np.ndarray] = {}
+        self._indexes: dict[int, faiss.Index] = {}
+        self._offsets: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def models(self) -> tuple[ModelRecord, ...]:
+        return self.manifest.models
+
+    @property
+    def modality(self) -> str:
+        return self.manifest.modality
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def __repr__(self) -> str:
+        keys = ", ".join(self.manifest.model_keys())
+        return f"Bank({str(self.path)!r}, {len(self)} items, models: {keys})"
+
+    def check_models(self, encoders: Sequence[Encoder | ModelRecord]) -> None:
+        """Raise `BankError` (one sentence naming both sides) unless the bank serves them all."""
+        wanted = [_record(encoder) for encoder in encoders]
+        problem = model_mismatch(self.models, wanted, bank=f"bank {self.name}", user="the query")
+        if problem is not None:
+            raise BankError(problem)
+
+    def position(self, model: ModelRef) -> int:
+        key = model if isinstance(model, str) else model.key
+        for position, record in enumerate(self.models):
+            if record.key == key:
+                return position
+        held = ", ".join(self.manifest.model_keys())
+        raise BankError(f"bank {self.name} holds no vectors of {key} (it holds {held})")
+
+    def vectors(self, model: ModelRef) -> np.ndarray:
+        """Read-only float32 [M, dim] matrix of one model, memory-mapped."""
+        position = self.position(model)
+        if position not in self._vectors:
+            handle = self._handles[self.manifest.vector_files[position]]
+            self._vectors[position] = map_npy(handle)
+        return self._vectors[position]
+
+    def index(self, model: ModelRef) -> faiss.Index:
+        position = self.position(model)
+        if position not in self._indexes:
+            handle = self._handles[self.manifest.index_files[position]]
+            index = read_index(Path(f"/dev/fd/{handle.fileno()}"), self.manifest.faiss_index)
+            record = self.models[position]
+            if index.ntotal != len(self) or index.d != record.dim:
+                raise BankError(
+                    f"bank {self.name} is inconsistent: the {record.key} index holds "
+                    f"{index.ntotal} vectors of dim {index.d}; the manifest says {len(self)} "
+                    f"of dim {record.dim}"
+                )
+            self._indexes[position] = index
+        return self._indexes[position]
+
+    def search(
+        self, model: ModelRef, queries: np.ndarray, k: int, *, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k bank rows by inner product with unit-norm queries [N, dim]: (scores, rows)."""
+        return search(self.index(model), queries, min(k, max(len(self), 1)), nprobe=nprobe)
+
+    def items(self) -> Iterator[BankItem]:
+        """Every row's item, in row order, streamed."""
+        fd = self._handles[self.manifest.items_file].fileno()
+        offset, pending = 0, b""
+        while block := os.pread(fd, 1 << 20, offset):
+            offset += len(block)
+            lines = (pending + block).split(b"\n")
+            pending = lines.pop()
+            for raw in lines:
+                yield BankItem.from_line(raw)
+        if pending:
+            yield BankItem.from_line(pending)
+
+    def item(self, row: int) -> BankItem:
+        """The item of one row (the first call indexes line offsets: 8 bytes a row)."""
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} is outside bank {self.name} of {len(self)} rows")
+        offsets = self._line_offsets()
+        handle = self._handles[self.manifest.items_file]
+        size = int(offsets[row + 1] - offsets[row])
+        return BankItem.from_line(os.pread(handle.fileno(), size, int(offsets[row])))
+
+    def texts(self, rows: Sequence[int]) -> list[str]:
+        return [self.item(int(row)).text for row in rows]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+        self._vectors.clear()
+        self._indexes.clear()
+
+    def __enter__(self) -> Bank:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _line_offsets(self) -> np.ndarray:
+        if self._offsets is None:
+            handle = self._handles[self.manifest.items_file]
+            starts, offset = [np.zeros(1, dtype=np.int64)], 0
+            while block := os.pread(handle.fileno(), 1 << 22, offset):
+                newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n"))
+                starts.append(newlines.astype(np.int64) + offset + 1)
+                offset += len(block)
+            self._offsets = np.concatenate(starts)
+            if len(self._offsets) != len(self) + 1:
+                raise BankError(
+                    f"bank {self.name} is inconsistent: {self.manifest.items_file} holds "
+                    f"{len(self._offsets) - 1} items; the manifest says {len(self)}"
+                )
+        return self._offsets
+
+
+def load_bank(path: str | Path, *, verify_checksums: bool = True) -> Bank:
+    """Open the bank at `path`, checking every file against the manifest.
+
+    Sizes, shapes and dtypes are always checked; SHA-256 checksums too unless
+    `verify_checksums=False` (which saves reading a large bank once more).
+    """
+    bank_dir = Path(path).expanduser()
+    for attempt in range(OPEN_ATTEMPTS):
+        manifest = read_manifest(bank_dir)
+        try:
+            handles = _open_files(bank_dir, manifest)
+        except FileNotFoundError as err:
+            if attempt + 1 < OPEN_ATTEMPTS and read_manifest(bank_dir) != manifest:
+                continue  # a writer published meanwhile: read the new manifest
+            raise BankError(
+                f"bank {bank_dir} is incomplete: {Path(err.filename).name} is missing"
+            ) from None
+        try:
+            _validate(bank_dir, manifest, handles, verify_checksums)
+        except BaseException:
+            for handle in handles.values():
+                handle.close()
+            raise
+        return Bank(bank_dir, manifest, handles)
+    raise BankError(f"bank {bank_dir} keeps changing while being opened; try again")
+
+
+def _open_files(bank_dir: Path, manifest: Manifest) -> dict[str, BinaryIO]:
+    handles: dict[str, BinaryIO] = {}
+    try:
+        for name in manifest.files:
+            handles[name] = open(bank_dir / name, "rb")  # noqa: SIM115 (held by the Bank)
+    except BaseException:
+        for handle in handles.values():
+            handle.close()
+        raise
+    named = {manifest.items_file, *manifest.vector_files, *manifest.index_files}
+    if not named <= set(manifest.files):
+        missing = sorted(named - set(manifest.files))[0]
+        raise BankError(f"bank {bank_dir} is corrupt: the manifest lists no checksum for {missing}")
+    return handles
+
+
+def _validate(
+    bank_dir: Path, manifest: Manifest, handles: dict[str, BinaryIO], verify_checksums: bool
+) -> None:
+    for name, record in manifest.files.items():
+        size = os.fstat(handles[name].fileno()).st_size
+        if size != record.size:
+            raise BankError(
+                f"bank {bank_dir} is corrupt: {name} has {size} bytes; the manifest says "
+                f"{record.size}"
+            )
+    for model, name in zip(manifest.models, manifest.vector_files, strict=True):
+        matrix = map_npy(handles[name])
+        if matrix.dtype != np.float32 or matrix.shape != (manifest.count, model.dim):
+            raise BankError(
+                f"bank {bank_dir} is inconsistent: {name} holds {matrix.dtype} "
+                f"{list(matrix.shape)}; the manifest says float32 [{manifest.count}, {model.dim}]"
+            )
+    if verify_checksums:
+        for name, record in manifest.files.items():
+            actual = sha256_fd(handles[name].fileno())
+            if actual != record.sha256:
+                raise BankError(
+                    f"bank {bank_dir} is corrupt: {name} has SHA-256 {actual[:12]}…; the "
+                    f"manifest says {record.sha256[:12]}…"
+                )
+
+
+def _record(encoder: Encoder | ModelRecord) -> ModelRecord:
+    return encoder if isinstance(encoder, ModelRecord) else ModelRecord.from_encoder(encoder)
+
+
+def save_bank(
+    path: str | Path,
+    items: Sequence[BankItem],
+    vectors: Sequence[np.ndarray],
+    models: Sequence[Encoder | ModelRecord],
+    *,
+    modality: str = "text",
+    faiss_index: str = "auto",
+    overwrite: bool = False,
+) -> Bank:
+    """Write a bank from in-memory rows (e.g. embeddings computed elsewhere) and open it.
+
+    `vectors[i]` is model `models[i]`'s float32 [len(items), dim] matrix of unit-norm rows.
+    """
+    from ucl_cli.bank.writer import BankWriter, WriterOptions
+
+    bank_dir = Path(path).expanduser()
+    if (bank_dir / MANIFEST_NAME).exists() and not overwrite:
+        raise BankError(f"{bank_dir} already holds a bank; pass overwrite=True to replace it")
+    if len(vectors) != len(models) or any(len(matrix) != len(items) for matrix in vectors):
+        shapes = ", ".join(str(np.shape(matrix)) for matrix in vectors)
+        raise BankError(
+            f"save_bank needs one [{len(items)}, dim] matrix per model ({len(models)}); "
+            f"got {shapes or 'none'}"
+        )
+    records = [_record(model) for model in models]
+    options = WriterOptions(modality=modality, faiss_index=faiss_index, replace=True)
+    with BankWriter(bank_dir, records, options) as writer:
+        step = SAVE_BATCH_ROWS
+        for start in range(0, len(items), step):
+            rows = slice(start, start + step)
+            writer.add(items[rows], [np.asarray(matrix[rows]) for matrix in vectors])
+        writer.publish()
+    return load_bank(bank_dir)

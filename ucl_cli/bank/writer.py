@@ -1,0 +1,298 @@
+"""The one way a bank changes: stage batches of rows, then publish a new generation.
+
+`BankWriter` holds the bank's lock for its lifetime. `add` commits a batch to the staging area
+(durable at once); `publish` streams the published rows and the staged ones into new,
+generation-numbered files, builds each model's FAISS index, and atomically replaces the
+manifest. Memory stays a few MiB per step whatever the bank size, except for the FAISS index
+itself while it is built.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from ucl_cli import __version__
+from ucl_cli.bank.files import (
+    HashingWriter,
+    atomic_write_json,
+    fsync_dir,
+    iter_npy_rows,
+    publish_file,
+    sha256_file,
+    slug,
+    temporary_path,
+    write_npy_header,
+)
+from ucl_cli.bank.items import BankItem, KeySet, iter_item_lines, iter_items
+from ucl_cli.bank.lock import BankLock
+from ucl_cli.bank.manifest import (
+    MANIFEST_NAME,
+    FileRecord,
+    Manifest,
+    ModelRecord,
+    model_mismatch,
+    now_iso,
+    read_manifest,
+)
+from ucl_cli.bank.search_index import build_index, check_factory, choose_factory, write_index
+from ucl_cli.bank.staging import Staging, discard_staging
+from ucl_cli.errors import BankError, UsageError
+
+# Files a writer may leave behind; anything else in a bank directory is never touched.
+DATA_FILE = re.compile(
+    r"^(items\.\d+\.jsonl|m\d+-.+\.\d+\.(npy|faiss)|manifest\.json)(\.tmp-\d+)?$"
+)
+NORM_TOLERANCE = 1e-3
+FileTable = dict[str, FileRecord]
+
+
+@dataclass(frozen=True)
+class WriterOptions:
+    modality: str = "text"
+    faiss_index: str | None = None  # None: keep the bank's choice ("auto" for a new bank)
+    lock_timeout: float | None = None  # None: wait for another writer; 0: fail at once
+    replace: bool = False  # start from an empty bank instead of extending the published one
+    commit_seconds: float = 1.0  # sync staged batches at most this often (0: after every batch)
+    on_wait: Callable[[str], None] | None = None  # called once if the lock is busy
+
+
+class BankWriter:
+    """Exclusive, crash-safe writer of one bank directory (use as a context manager)."""
+
+    def __init__(self, bank_dir: Path, models: Sequence[ModelRecord], options: WriterOptions):
+        self.dir = Path(bank_dir)
+        self.options = options
+        self._lock = BankLock(self.dir, timeout=options.lock_timeout, on_wait=options.on_wait)
+        self.requested = tuple(models)
+        self.published: Manifest | None = None
+        self.models: tuple[ModelRecord, ...] = self.requested
+        self.staging: Staging | None = None
+        self.recovered_rows = 0
+        self.keys = KeySet()
+        self._last_commit = time.monotonic()
+
+    def __enter__(self) -> BankWriter:
+        self._lock.acquire()
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.staging is not None:
+                self.commit()  # rows a failed publish left staged wait for the next run
+                self.staging.close()
+        finally:
+            self._lock.release()
+
+    @property
+    def committed_rows(self) -> int:
+        return 0 if self.published is None or self.options.replace else self.published.count
+
+    @property
+    def staged_rows(self) -> int:
+        return 0 if self.staging is None else self.staging.rows
+
+    def contains(self, key: str) -> bool:
+        return key in self.keys
+
+    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
+        """Boolean [len(keys)]: which keys the bank (published or staged) already holds."""
+        return self.keys.contains_many(keys)
+
+    def commit(self) -> None:
+        """Make the rows added so far survive a crash of this process (see `staging`)."""
+        if self.staging is not None:
+            self.staging.commit()
+            self._last_commit = time.monotonic()
+
+    def add(self, items: Sequence[BankItem], matrices: Sequence[np.ndarray]) -> None:
+        """Stage one batch: `matrices[i]` holds model `self.models[i]`'s rows for `items`."""
+        if len(matrices) != len(self.models):
+            raise UsageError(f"got {len(matrices)} matrices for {len(self.models)} models")
+        checked = [
+            _checked_rows(matrix, model, len(items))
+            for matrix, model in zip(matrices, self.models, strict=True)
+        ]
+        if self.staging is None:
+            generation = 0 if self.published is None else self.published.generation
+            self.staging = Staging.start(self.dir, generation, self.options.modality, self.models)
+        self.staging.append(items, checked)
+        for item in items:
+            self.keys.add(item.key)
+        if time.monotonic() - self._last_commit >= self.options.commit_seconds:
+            self.commit()
+
+    def publish(self) -> Manifest | None:
+        """Make every staged row part of the bank in one atomic step; None if nothing changed."""
+        if self.staged_rows == 0 and not self.options.replace:
+            return self.published
+        if self.staging is not None:
+            self.staging.flush()  # publishing reads the staging files back
+        previous = self.published
+        base = None if self.options.replace else previous
+        generation = (0 if previous is None else previous.generation) + 1
+        count = (0 if base is None else base.count) + self.staged_rows
+        request = self.options.faiss_index or (base.faiss_request if base else "auto")
+        factory = choose_factory(request, count)
+        files: FileTable = {}
+        items_file = self._write_items(base, generation, files)
+        vector_files, index_files = [], []
+        for position, model in enumerate(self.models):
+            name = f"m{position}-{slug(model.key)}.{generation:06d}"
+            vector_files.append(self._write_vectors(base, position, f"{name}.npy", count, files))
+            index = build_index(self.dir / vector_files[-1], model.dim, count, factory)
+            index_files.append(self._write_index(index, f"{name}.faiss", files))
+            del index
+        manifest = Manifest(
+            modality=self.options.modality,
+            count=count,
+            generation=generation,
+            models=self.models,
+            faiss_index=factory,
+            faiss_request=request,
+            items_file=items_file,
+            vector_files=tuple(vector_files),
+            index_files=tuple(index_files),
+            files=files,
+            created=previous.created if previous else now_iso(),
+            updated=now_iso(),
+            ucl_version=__version__,
+        )
+        atomic_write_json(self.dir / MANIFEST_NAME, manifest.to_json())
+        self.published = manifest
+        self.options = _replace_done(self.options)
+        if self.staging is not None:
+            self.staging.discard()
+            self.staging = None
+        self._remove_unreferenced()
+        return manifest
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open(self) -> None:
+        if (self.dir / MANIFEST_NAME).exists():
+            self.published = read_manifest(self.dir)
+        self._remove_unreferenced()
+        if self.published is not None and not self.options.replace:
+            self._adopt_models(self.published.models, self.published.modality, "bank")
+        if (self.options.faiss_index or "auto").lower() != "auto":
+            for model in self.models:
+                check_factory(self.options.faiss_index, model.dim)
+        self._recover_staging()
+        if self.published is not None and not self.options.replace:
+            for item in iter_items(self.dir / self.published.items_file):
+                self.keys.add(item.key)
+
+    def _adopt_models(self, held: Sequence[ModelRecord], modality: str, what: str) -> None:
+        """Use the bank's model order; refuse a run whose models or modality differ from it."""
+        subject = f"{what} {self.dir}" if what == "bank" else f"the interrupted run in {self.dir}"
+        problem = model_mismatch(held, self.requested, bank=subject, user="this run", exact=True)
+        if problem is not None:
+            raise BankError(problem)
+        if modality != self.options.modality:
+            raise BankError(
+                f"{subject} bridges through {modality}; this run indexes {self.options.modality}"
+            )
+        self.models = tuple(held)
+
+    def _recover_staging(self) -> None:
+        staging = Staging.recover(self.dir)
+        if staging is None:
+            discard_staging(self.dir)  # unreadable leftovers of a run that never committed
+            return
+        generation = 0 if self.published is None else self.published.generation
+        if staging.state.base_generation != generation or self.options.replace:
+            staging.discard()  # already published (crash after publishing), or being replaced
+            return
+        self._adopt_models(staging.state.models, staging.state.modality, "staging")
+        self.staging = staging
+        self.recovered_rows = staging.rows
+        for item in staging.iter_items():
+            self.keys.add(item.key)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def _write_items(self, base: Manifest | None, generation: int, files: FileTable) -> str:
+        name = f"items.{generation:06d}.jsonl"
+        tmp = temporary_path(self.dir / name)
+        with HashingWriter(tmp) as out:
+            if base is not None:
+                with open(self.dir / base.items_file, "rb") as source:
+                    shutil.copyfileobj(source, out)
+            if self.staging is not None:
+                out.writelines(
+                    iter_item_lines(self.staging.items_path, self.staging.state.items_bytes)
+                )
+        return self._publish(tmp, name, files, FileRecord(out.sha256, out.size))
+
+    def _write_vectors(
+        self, base: Manifest | None, position: int, name: str, count: int, files: FileTable
+    ) -> str:
+        dim = self.models[position].dim
+        tmp = temporary_path(self.dir / name)
+        with HashingWriter(tmp) as out:
+            write_npy_header(out, count, dim)
+            if base is not None:
+                for chunk in iter_npy_rows(self.dir / base.vector_files[position], dim):
+                    out.write(chunk.tobytes())
+            if self.staging is not None:
+                for chunk in self.staging.iter_vectors(position):
+                    out.write(chunk.tobytes())
+        return self._publish(tmp, name, files, FileRecord(out.sha256, out.size))
+
+    def _write_index(self, index: object, name: str, files: FileTable) -> str:
+        tmp = temporary_path(self.dir / name)
+        write_index(index, tmp)
+        return self._publish(tmp, name, files, FileRecord(sha256_file(tmp), tmp.stat().st_size))
+
+    def _publish(self, tmp: Path, name: str, files: FileTable, record: FileRecord) -> str:
+        publish_file(tmp, self.dir / name)
+        files[name] = record
+        return name
+
+    def _remove_unreferenced(self) -> None:
+        """Delete data files the manifest does not name (older generations, crashed writes).
+
+        Readers that loaded an older generation keep their open files (see `store.Bank`).
+        """
+        if not self.dir.is_dir():
+            return
+        keep = {MANIFEST_NAME} | (set(self.published.files) if self.published else set())
+        for path in self.dir.iterdir():
+            if DATA_FILE.match(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
+        fsync_dir(self.dir)
+
+
+def _checked_rows(matrix: np.ndarray, model: ModelRecord, count: int) -> np.ndarray:
+    """Refuse rows that would silently corrupt a bank: wrong shape, NaN, or not unit norm."""
+    rows = np.asarray(matrix, dtype=np.float32)
+    if rows.shape != (count, model.dim):
+        raise BankError(
+            f"{model.key} gave vectors of shape {tuple(rows.shape)}; the bank needs "
+            f"[{count}, {model.dim}]"
+        )
+    norms = np.linalg.norm(rows, axis=1)
+    bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE))
+    if bad.size:
+        raise BankError(
+            f"{model.key} gave a vector of norm {norms[bad[0]]:.4g} for batch row {bad[0]}; "
+            "bank rows must be finite and unit norm"
+        )
+    return rows
+
+
+def _replace_done(options: WriterOptions) -> WriterOptions:
+    """After the first publish of a `replace` run, later publishes extend it."""
+    return replace(options, replace=False) if options.replace else options
