@@ -13,7 +13,7 @@ import pytest
 from fakes import HashEncoder
 from typer.testing import CliRunner
 
-import ucl_cli.commands.index as index_command
+import ucl_cli.commands._shared as shared
 from ucl_cli.bank import index_items, load_bank, text_item
 from ucl_cli.cli import app
 from ucl_cli.config import banks_dir
@@ -42,8 +42,8 @@ def loaded(monkeypatch):
         calls.append((key, device, encoder))
         return encoder
 
-    monkeypatch.setattr(index_command, "load_encoder", load_encoder)
-    monkeypatch.setattr(index_command, "default_model_keys", lambda: ("fake:clip", "fake:clap"))
+    monkeypatch.setattr(shared, "load_encoder", load_encoder)
+    monkeypatch.setattr(shared, "default_model_keys", lambda: ("fake:clip", "fake:clap"))
     return calls
 
 

@@ -42,14 +42,15 @@ def model_keys(bank_dir: Path | None, image_text: str | None, text_audio: str | 
 
 
 def bank_model_keys(bank_dir: Path) -> list[str]:
-    from ucl_cli.bank.catalog import summarize
+    """The bank's model keys in `ucl index` order, or [] where there is no bank yet."""
+    from ucl_cli.bank.manifest import read_manifest
+    from ucl_cli.bank.staging import Staging
+    from ucl_cli.errors import BankError
 
     if not bank_dir.is_dir():
         return []
-    summary = summarize(bank_dir)
-    if summary.manifest is not None:
-        return summary.manifest.model_keys()
-    from ucl_cli.bank.staging import Staging
-
-    state = Staging.read_state(bank_dir)
-    return [] if state is None else [model.key for model in state.models]
+    try:
+        return read_manifest(bank_dir).model_keys()
+    except BankError:
+        state = Staging.read_state(bank_dir)  # an interrupted first run, or nothing
+        return [] if state is None else [model.key for model in state.models]

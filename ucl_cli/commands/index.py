@@ -28,7 +28,6 @@ from ucl_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from ucl_cli.bank import BankItem, CorpusOptions, IndexReport
-    from ucl_cli.encoders.base import Encoder
     from ucl_cli.errors import InputFileError
 
 # Skipped inputs are named one by one up to this many; the rest are only counted.
@@ -41,19 +40,6 @@ class Modality(str, Enum):
     TEXT = "text"
     IMAGE = "image"
     AUDIO = "audio"
-
-
-def load_encoder(key: str, *, device: str) -> Encoder:
-    """The seam tests replace to index with fake encoders (the registry loads real ones)."""
-    from ucl_cli.encoders.registry import load_encoder as registry_load_encoder
-
-    return registry_load_encoder(key, device=device)
-
-
-def default_model_keys() -> tuple[str, str]:
-    from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO
-
-    return DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO
 
 
 def register(app: typer.Typer) -> None:
@@ -107,6 +93,7 @@ def index(
 ) -> None:
     """Embed texts (or files) with both models into a bank; only new items are embedded."""
     from ucl_cli.bank import CorpusOptions, IndexOptions, index_items, resolve_bank
+    from ucl_cli.commands._shared import load_encoders, model_keys
     from ucl_cli.config import resolve_device
 
     bank_dir = resolve_bank(bank)
@@ -114,10 +101,8 @@ def index(
     view = _ProgressView(console)
     corpus = CorpusOptions(format=corpus_format, column=column, field=field, strict=strict)
     items, total = _items(sources, modality, corpus, view)
-    keys = _model_keys(bank_dir, image_text_model, text_audio_model)
-    resolved = resolve_device(device)
-    with console.status(f"loading {', '.join(keys)} on {resolved}"):
-        encoders = [load_encoder(key, device=resolved) for key in keys]
+    keys = model_keys(bank_dir, image_text_model, text_audio_model)
+    encoders = load_encoders(keys, resolve_device(device), console)
     options = IndexOptions(
         modality=modality.value,
         batch_size=batch_size,
@@ -173,30 +158,6 @@ def _count(source: str) -> int | None:
         return count_lines(source)
     except FileNotFoundError:
         raise InputFileError(source, "no such file") from None
-
-
-def _model_keys(bank_dir: Path, image_text: str | None, text_audio: str | None) -> list[str]:
-    """Flags first; then the models the bank (or its interrupted first run) was built with."""
-    if image_text is None and text_audio is None:
-        held = _bank_model_keys(bank_dir)
-        if held:
-            return held
-    defaults = default_model_keys()
-    return [image_text or defaults[0], text_audio or defaults[1]]
-
-
-def _bank_model_keys(bank_dir: Path) -> list[str]:
-    from ucl_cli.bank.manifest import read_manifest
-    from ucl_cli.bank.staging import Staging
-    from ucl_cli.errors import BankError
-
-    if not bank_dir.is_dir():
-        return []
-    try:
-        return read_manifest(bank_dir).model_keys()
-    except BankError:
-        state = Staging.read_state(bank_dir)  # an interrupted first run, or nothing
-        return [] if state is None else [model.key for model in state.models]
 
 
 def _summary(bank: str, modality: Modality, report: IndexReport, view: _ProgressView) -> str:

@@ -168,6 +168,7 @@ def _open_bank(bank_dir: Path | None, encoders, console: Console):
     from ucl_cli.bank import builtin_bank, load_bank
 
     if bank_dir is not None:
-        return load_bank(bank_dir)
+        # Sizes and shapes are checked on every open; re-hashing gigabytes per query is not.
+        return load_bank(bank_dir, verify_checksums=False)
     with console.status("preparing the built-in AudioSet bank (first use only)"):
         return builtin_bank(encoders)

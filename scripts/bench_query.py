@@ -1,0 +1,240 @@
+"""Benchmark `ucl query`, side by side in one process.
+
+warm:  a query over 1,000 candidate clips whose embeddings are already cached, through the
+       built-in AudioSet bank, with the default architectures (random-weight stand-ins from
+       scripts/make_test_models.py). Reports the time of each stage and the ratio of the scoring
+       to the one query embedding (target: under 5%).
+topk:  `topk` against `lse` on a bank of 1,000,000 stand-in embeddings (clustered, unit norm,
+       an IVF index), 1 query and 1,000 candidates: time ratio, whether the top 10 is
+       certified, and whether it equals the exact top 10.
+
+    python scripts/bench_query.py warm --models /tmp/standins      # reuses stand-ins if there
+    python scripts/bench_query.py topk --bank-size 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- warm query ------------------------------------------------------------------------------
+
+
+def bench_warm(args: argparse.Namespace) -> None:
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="ucl-bench-"))
+    models = Path(args.models or work / "models")
+    os.environ.update(HF_HOME=str(models), HF_HUB_OFFLINE="1", UCL_HOME=str(work / "home"))
+    if not (models / "hub").is_dir():
+        import subprocess
+
+        log(f"writing random-weight stand-ins of the default models to {models}")
+        subprocess.run([sys.executable, "scripts/make_test_models.py", str(models)], check=True)
+
+    import soundfile as sf
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    from ucl_cli import media
+    from ucl_cli.bank import builtin_bank
+    from ucl_cli.bridge import QueryOptions, search
+    from ucl_cli.bridge.methods import lse_scores
+    from ucl_cli.bridge.pipeline import _side
+    from ucl_cli.cache import CacheKey, EmbeddingCache, embed_files, preprocessing_digest
+    from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO, load_encoder
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    clip = load_encoder(DEFAULT_IMAGE_TEXT)
+    clap = load_encoder(DEFAULT_TEXT_AUDIO)
+    start = time.perf_counter()
+    bank = builtin_bank([clip, clap])
+    log(f"built-in bank ({len(bank)} rows) ready in {time.perf_counter() - start:.1f} s")
+
+    audio_dir = work / "audio"
+    audio_dir.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(args.candidates):
+        path = audio_dir / f"clip{i:04d}.wav"
+        if not path.exists():
+            sf.write(path, (0.1 * rng.standard_normal(12_000)).astype(np.float32), 48_000)
+        paths.append(path)
+    cache = EmbeddingCache()
+    digest = preprocessing_digest(clap.preprocessing, loader_version=media.LOADER_VERSION)
+    hashed = cache.hash_files(paths)
+    vectors = rng.standard_normal((len(paths), clap.dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    cache.put_many(
+        (CacheKey(hashed.digests[p], clap.key, digest, "audio"), v)
+        for p, v in zip(paths, vectors, strict=True)
+    )
+    log(f"cache filled with {len(paths)} candidate embeddings")
+
+    astronaut = data.astronaut()
+    queries = []
+    for i in range(args.repeats + 1):  # a new image each run, so the query is embedded each time
+        image = astronaut.copy()
+        image[0, 0, 0] = i
+        queries.append(work / f"query{i}.png")
+        Image.fromarray(image).save(queries[-1])
+    options = QueryOptions(top=10, device="cpu")
+    search([queries[-1]], [audio_dir], encoders=[clip, clap], bank=bank, options=options)  # warm-up
+
+    runs = iter(queries)
+    total, report = best_of(
+        lambda: search(
+            [next(runs)],
+            [audio_dir],
+            encoders=[clip, clap],
+            bank=bank,
+            options=options,
+            cache=cache,
+        ),
+        args.repeats,
+    )
+    assert report.embedded == 1 and report.cached == len(paths), (report.embedded, report.cached)
+    image = media.load_image(queries[0])
+    embed, query_vector = best_of(lambda: clip.embed("image", [image]), args.repeats)
+    lookup, cached = best_of(lambda: embed_files(clap, "audio", paths, cache), args.repeats)
+    sides = (_side(bank, clip), _side(bank, clap))
+    score, _ = best_of(
+        lambda: lse_scores(query_vector, cached.vectors, *sides), max(args.repeats, 20)
+    )
+    print(
+        f"warm query, {len(paths)} cached candidates, built-in bank of {len(bank)} rows, "
+        f"default architectures (random weights), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print("| stage | time |")
+    print("|---|---|")
+    print(f"| whole `search()` (1 new query, everything else cached) | {total * 1e3:.1f} ms |")
+    print(f"| query embedding alone (CLIP ViT-B-32 image tower) | {embed * 1e3:.1f} ms |")
+    print(
+        f"| candidate cache lookup ({len(paths)} files: stat, memo, SQLite) | "
+        f"{lookup * 1e3:.1f} ms |"
+    )
+    print(f"| scoring (`lse` over the bank) | {score * 1e3:.2f} ms |")
+    print(f"\nscoring / query embedding = {score / embed:.2%} (target < 5%)")
+
+
+# --- topk against lse ------------------------------------------------------------------------
+
+
+def stand_in_bank(rows: int, dim: int, clusters: int, rng: np.random.Generator):
+    """Two row-aligned unit-norm embeddings of the same items (one per model), clustered."""
+    assign = rng.integers(clusters, size=rows)
+    sides = []
+    for _ in range(2):
+        centers = rng.standard_normal((clusters, dim)).astype(np.float32)
+        out = np.empty((rows, dim), dtype=np.float32)
+        for start in range(0, rows, 1 << 16):
+            block = centers[assign[start : start + (1 << 16)]]
+            block += 0.5 * rng.standard_normal(block.shape, dtype=np.float32)
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+            out[start : start + len(block)] = block
+        sides.append(out)
+    return sides
+
+
+def ivf(bank: np.ndarray, nlist: int, rng: np.random.Generator):
+    import faiss
+
+    index = faiss.index_factory(bank.shape[1], f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+    sample = bank[np.sort(rng.choice(len(bank), size=min(len(bank), 40 * nlist), replace=False))]
+    index.train(sample)
+    index.add(bank)
+    return index
+
+
+def bench_topk(args: argparse.Namespace) -> None:
+    import torch
+
+    from ucl_cli.bridge.certified_search import CertifiedNearest
+    from ucl_cli.bridge.methods import BridgeSide, lse_scores, topk_scores
+
+    rng = np.random.default_rng(0)
+    start = time.perf_counter()
+    bank_a, bank_b = stand_in_bank(args.bank_size, args.dim, args.clusters, rng)
+    index_a, index_b = ivf(bank_a, args.nlist, rng), ivf(bank_b, args.nlist, rng)
+    log(f"stand-in bank and IVF indexes built in {time.perf_counter() - start:.0f} s")
+
+    def noisy(rows: np.ndarray) -> np.ndarray:
+        out = rows + 0.3 * rng.standard_normal(rows.shape, dtype=np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    query = noisy(bank_a[rng.integers(args.bank_size, size=1)])
+    candidates = noisy(bank_b[rng.integers(args.bank_size, size=args.candidates)])
+    near_a = CertifiedNearest(index_a, bank_a, nprobe=args.nprobe)
+    near_b = CertifiedNearest(index_b, bank_b, nprobe=args.nprobe)
+    left, right = BridgeSide(bank_a, args.scale, near_a), BridgeSide(bank_b, args.scale, near_b)
+
+    cold = time.perf_counter()
+    topk_scores(query, candidates, left, right, top=10, max_t=args.k_max)
+    cold = time.perf_counter() - cold  # includes the one-off list radii pass
+    t_topk, approx = best_of(
+        lambda: topk_scores(query, candidates, left, right, top=10, max_t=args.k_max), 3
+    )
+    t_lse, exact = best_of(lambda: lse_scores(query, candidates, left, right), 2)
+    leading = int(approx.certified.int().cumprod(dim=1).sum())
+    same_top10 = torch.equal(approx.order[0, :10], exact.order[0, :10])
+    print(
+        f"topk vs lse: bank {args.bank_size:,} x dim {args.dim} (IVF{args.nlist}, nprobe "
+        f"{args.nprobe}), 1 query, {args.candidates} candidates, scale {args.scale:g}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print("| method | time | note |")
+    print("|---|---|---|")
+    print(f"| lse (exact) | {t_lse * 1e3:.0f} ms | |")
+    print(f"| topk (warm) | {t_topk * 1e3:.0f} ms | certified leading ranks: {leading} |")
+    print(f"| topk (first call, with the IVF radii pass) | {cold * 1e3:.0f} ms | |")
+    print(
+        f"\nlse / topk = {t_lse / t_topk:.1f}x (warm), {t_lse / cold:.1f}x (first call); "
+        f"top 10 certified: {leading >= 10}; equal to the exact top 10: {same_top10}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="which", required=True)
+    warm = sub.add_parser("warm")
+    warm.add_argument("--models", help="hub-cache folder with stand-ins (written if missing)")
+    warm.add_argument("--workdir")
+    warm.add_argument("--candidates", type=int, default=1000)
+    warm.add_argument("--repeats", type=int, default=5)
+    warm.add_argument("--threads", type=int)
+    topk = sub.add_parser("topk")
+    topk.add_argument("--bank-size", type=int, default=1_000_000)
+    topk.add_argument("--dim", type=int, default=512)
+    topk.add_argument("--clusters", type=int, default=4096)
+    topk.add_argument("--nlist", type=int, default=1024)
+    topk.add_argument("--nprobe", type=int, default=16)
+    topk.add_argument("--candidates", type=int, default=1000)
+    topk.add_argument("--scale", type=float, default=100.0)
+    topk.add_argument("--k-max", type=int, default=4096)
+    args = parser.parse_args()
+    bench_warm(args) if args.which == "warm" else bench_topk(args)
+
+
+if __name__ == "__main__":
+    main()
