@@ -165,8 +165,8 @@ def _search_one_direction(
     report: SearchReport,
 ) -> list[QueryResult]:
     bridge = Modality(bank.modality)
-    query_model = _encoder_for(encoders, query_modality, bridge)
-    candidate_model = _encoder_for(encoders, candidate_modality, bridge)
+    query_model = encoder_for(encoders, query_modality, bridge)
+    candidate_model = encoder_for(encoders, candidate_modality, bridge)
     query_embeddings = _embed(
         query_model, query_modality, query_paths, cache, options, listener, report, strict=True
     )
@@ -355,7 +355,7 @@ def _embed(
     return embedded
 
 
-def _encoder_for(encoders: Sequence[Encoder], modality: Modality, bridge: Modality) -> Encoder:
+def encoder_for(encoders: Sequence[Encoder], modality: Modality, bridge: Modality) -> Encoder:
     for encoder in encoders:
         if modality in encoder.modalities and bridge in encoder.modalities:
             return encoder

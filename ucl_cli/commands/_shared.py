@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from ucl_cli.bank import Bank
     from ucl_cli.encoders.base import Encoder
 
 
@@ -54,3 +55,29 @@ def bank_model_keys(bank_dir: Path) -> list[str]:
     except BankError:
         state = Staging.read_state(bank_dir)  # an interrupted first run, or nothing
         return [] if state is None else [model.key for model in state.models]
+
+
+def existing_bank(spec: str) -> Path:
+    """The directory of an existing bank, or a BankError saying how to build one."""
+    from ucl_cli.bank import resolve_bank
+    from ucl_cli.bank.manifest import MANIFEST_NAME
+    from ucl_cli.errors import BankError
+
+    path = resolve_bank(spec)
+    if not (path / MANIFEST_NAME).exists():
+        raise BankError(
+            f"no bank at {path}: build one with `ucl index --bank {spec} corpus.txt`, "
+            "or omit --bank to use the built-in AudioSet bank"
+        )
+    return path
+
+
+def open_bank(bank_dir: Path | None, encoders: Sequence[Encoder], console: Console) -> Bank:
+    """The bank at `bank_dir`, or the built-in AudioSet bank for these encoders when None."""
+    from ucl_cli.bank import builtin_bank, load_bank
+
+    if bank_dir is not None:
+        # Sizes and shapes are checked on every open; re-hashing gigabytes each run is not.
+        return load_bank(bank_dir, verify_checksums=False)
+    with console.status("preparing the built-in AudioSet bank (first use only)"):
+        return builtin_bank(list(encoders))

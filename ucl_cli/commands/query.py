@@ -8,7 +8,6 @@ options, loads models and formats.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -78,7 +77,7 @@ def query(
 ) -> None:
     """Rank candidates (audio for an image, images for audio) through a bank of bridge texts."""
     from ucl_cli.bridge import METHODS, QueryOptions, SearchListener, search
-    from ucl_cli.commands._shared import load_encoders, model_keys
+    from ucl_cli.commands._shared import existing_bank, load_encoders, model_keys, open_bank
     from ucl_cli.config import resolve_device
     from ucl_cli.output import FORMATS, default_format, write_results
 
@@ -90,10 +89,10 @@ def query(
     query_paths = _expand_stdin(queries)
     console = Console(stderr=True, highlight=False)
     resolved = resolve_device(device)
-    bank_dir = None if bank is None else _existing_bank(bank)
+    bank_dir = None if bank is None else existing_bank(bank)
     keys = model_keys(bank_dir, image_text_model, text_audio_model)
     encoders = load_encoders(keys, resolved, console)
-    opened = _open_bank(bank_dir, encoders, console)
+    opened = open_bank(bank_dir, encoders, console)
     options = QueryOptions(
         method=method,
         top=top or None,
@@ -147,28 +146,3 @@ def _expand_stdin(queries: list[str]) -> list[str]:
     if not expanded:
         raise UsageError("no query paths given (stdin was empty)")
     return expanded
-
-
-def _existing_bank(spec: str) -> Path:
-    from ucl_cli.bank import resolve_bank
-    from ucl_cli.bank.manifest import MANIFEST_NAME
-
-    path = resolve_bank(spec)
-    if not (path / MANIFEST_NAME).exists():
-        from ucl_cli.errors import BankError
-
-        raise BankError(
-            f"no bank at {path}: build one with `ucl index --bank {spec} corpus.txt`, "
-            "or omit --bank to use the built-in AudioSet bank"
-        )
-    return path
-
-
-def _open_bank(bank_dir: Path | None, encoders, console: Console):
-    from ucl_cli.bank import builtin_bank, load_bank
-
-    if bank_dir is not None:
-        # Sizes and shapes are checked on every open; re-hashing gigabytes per query is not.
-        return load_bank(bank_dir, verify_checksums=False)
-    with console.status("preparing the built-in AudioSet bank (first use only)"):
-        return builtin_bank(encoders)

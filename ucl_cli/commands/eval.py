@@ -1,0 +1,246 @@
+"""`ucl eval`: recall@k of each method on a manifest of paired files, with the paper's protocol.
+
+The results table goes to stdout; progress, leak warnings and the summary go to stderr;
+`--out` keeps every number as JSON and `--plot` draws recall against bank size. The measuring
+lives in `ucl_cli.evaluation`; this file parses options, loads models and bank, and draws.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+if TYPE_CHECKING:
+    from ucl_cli.errors import InputFileError
+    from ucl_cli.evaluation import EvalListener
+
+# Leaked bank rows and skipped items named one by one on stderr; the rest are counted.
+SHOWN = 5
+
+
+def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate_command)
+
+
+def evaluate_command(
+    manifest: Path = typer.Argument(
+        ...,
+        help="CSV of paired files: columns image, audio, optional caption... and id.",
+        dir_okay=False,
+        show_default=False,
+    ),
+    bank: str | None = typer.Option(
+        None,
+        "--bank",
+        "-b",
+        help="Bank name or directory (default: the built-in AudioSet labels bank).",
+        show_default=False,
+    ),
+    trials: int = typer.Option(100, "--trials", min=1, help="Random trials."),
+    candidates: int = typer.Option(25, "--candidates", min=2, help="Candidates per trial."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the trials and of the sub-banks."),
+    methods: str = typer.Option(
+        "lse,topk,direct,caption",
+        "--methods",
+        "-m",
+        help="Comma-separated methods; direct only where one model embeds both sides "
+        "(or with --force-direct).",
+    ),
+    bank_sizes: str | None = typer.Option(
+        None,
+        "--bank-sizes",
+        help="Sizes of random sub-banks to measure recall against M, e.g. 100,1k,10k "
+        "(the whole bank is always measured).",
+        show_default=False,
+    ),
+    direction: str = typer.Option(
+        "image-to-audio",
+        "--direction",
+        help="image-to-audio or audio-to-image (also image->audio, audio->image, quoted): "
+        "which side of each pair is the query.",
+    ),
+    recall_at: str = typer.Option("1,5,10", "--recall-at", help="Recall cut-offs k."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Write every number, the options, models, versions and bank checksum as JSON.",
+        dir_okay=False,
+        show_default=False,
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Draw recall against bank size with intervals shaded (PNG, PDF or SVG).",
+        dir_okay=False,
+        show_default=False,
+    ),
+    allow_leak: bool = typer.Option(
+        False, "--allow-leak", help="Keep bank items equal to a manifest caption."
+    ),
+    force_direct: bool = typer.Option(
+        False, "--force-direct", help="Measure direct cosine even between unrelated models."
+    ),
+    k: int = typer.Option(64, "--k", min=1, help="topk: initial bank rows per query/candidate."),
+    k_max: int = typer.Option(8192, "--k-max", min=1, help="topk: largest K tried."),
+    image_text_model: str | None = typer.Option(
+        None, "--image-text-model", help="Image-text model key.", show_default=False
+    ),
+    text_audio_model: str | None = typer.Option(
+        None, "--text-audio-model", help="Text-audio model key.", show_default=False
+    ),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1, help="Files embedded per batch.", show_default=False
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail at the first unreadable file instead of leaving its item out."
+    ),
+) -> None:
+    """Measure recall@k (fair ties), mean rank and 95% intervals of each method on paired data."""
+    from ucl_cli.commands._shared import existing_bank, load_encoders, model_keys, open_bank
+    from ucl_cli.config import resolve_device
+    from ucl_cli.evaluation import (
+        EvalOptions,
+        evaluate,
+        parse_direction,
+        parse_list,
+        parse_sizes,
+        read_pairs,
+        results_table,
+    )
+
+    options = EvalOptions(
+        trials=trials,
+        candidates=candidates,
+        seed=seed,
+        methods=parse_list(methods),
+        bank_sizes=parse_sizes(bank_sizes) if bank_sizes else (),
+        direction=parse_direction(direction),
+        ks=_cutoffs(recall_at),
+        allow_leak=allow_leak,
+        force_direct=force_direct,
+        strict=strict,
+        device=resolve_device(device),
+        batch_size=batch_size,
+        topk_start=k,
+        topk_max=max(k, k_max),
+    )
+    pairs = read_pairs(manifest)
+    stderr = Console(stderr=True, highlight=False)
+    bank_dir = None if bank is None else existing_bank(bank)
+    keys = model_keys(bank_dir, image_text_model, text_audio_model)
+    encoders = load_encoders(keys, options.device, stderr)
+    opened = open_bank(bank_dir, encoders, stderr)
+    with opened, _Progress(stderr) as progress:
+        report = evaluate(
+            pairs, encoders=encoders, bank=opened, options=options, listener=progress.listener()
+        )
+    record = report.to_json()
+    if out is not None:
+        _write_json(out, record)
+    if plot is not None:
+        from ucl_cli.evaluation import plot_report
+
+        plot_report(record, plot)
+    Console(highlight=False, width=max(Console().width, 120)).print(results_table(record))
+    _summary(stderr, record, out, plot)
+
+
+def _cutoffs(text: str) -> tuple[int, ...]:
+    from ucl_cli.errors import UsageError
+    from ucl_cli.evaluation import parse_list
+
+    try:
+        return tuple(sorted({int(part) for part in parse_list(text)}))
+    except ValueError:
+        raise UsageError(f"--recall-at takes whole numbers, e.g. 1,5,10; got {text!r}") from None
+
+
+def _write_json(path: Path, record: dict) -> None:
+    from ucl_cli.bank.files import atomic_write_json
+    from ucl_cli.errors import InputFileError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, record)
+    except OSError as err:
+        raise InputFileError(path, f"cannot write the report: {err.strerror or err}") from None
+
+
+def _summary(console: Console, record: dict, out: Path | None, plot: Path | None) -> None:
+    leakage = record["leakage"]
+    rows = leakage["rows"]
+    if rows:
+        fate = "excluded from every bank size" if leakage["excluded"] else "KEPT (--allow-leak)"
+        console.print(
+            f"[yellow]ucl: {len(rows):,} bank items equal a manifest caption and were {fate}:[/]",
+            soft_wrap=True,
+        )
+        for row in rows[:SHOWN]:
+            lines = ", ".join(map(str, row["manifest_lines"]))
+            console.print(f"  row {row['row']}: {escape(row['text'])!r} (lines {lines})")
+        if len(rows) > SHOWN:
+            console.print(f"  ... and {len(rows) - SHOWN:,} more (all in --out)")
+    for method, reason in record["skipped_methods"].items():
+        console.print(f"[yellow]ucl:[/] {method} not measured: {escape(reason)}", soft_wrap=True)
+    skipped = record["manifest"]["skipped"]
+    for item in skipped[:SHOWN]:
+        console.print(
+            f"[yellow]ucl:[/] left out line {item['line']}: {escape(item['path'])}: "
+            f"{escape(item['reason'])}",
+            soft_wrap=True,
+        )
+    embedding = record["embedding"]
+    console.print(
+        f"[dim]{record['manifest']['usable_items']:,} items"
+        + (f" ({len(skipped):,} left out)" if skipped else "")
+        + f"; embedded {embedding['embedded']:,} files, {embedding['cached']:,} from the cache; "
+        f"bank {escape(record['bank']['name'])}: {record['usable_bank_rows']:,} usable rows; "
+        f"{record['seconds']:.1f} s[/]",
+        soft_wrap=True,
+    )
+    for path in (out, plot):
+        if path is not None:
+            console.print(f"wrote {escape(str(path))}")
+
+
+class _Progress:
+    """A Rich progress bar on stderr driven by the evaluation's listener."""
+
+    def __init__(self, console: Console):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=console,
+            transient=True,
+        )
+        self.task = self.bar.add_task("starting", total=None)
+        self.console = console
+
+    def __enter__(self) -> _Progress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.bar.stop()
+
+    def listener(self) -> EvalListener:
+        from ucl_cli.evaluation import EvalListener
+
+        def on_stage(text: str, total: int) -> None:
+            self.bar.reset(self.task, total=total or None, description=escape(text))
+
+        def on_advance(steps: int) -> None:
+            self.bar.advance(self.task, steps)
+
+        def on_skip(error: InputFileError) -> None:
+            self.console.print(f"[yellow]ucl:[/] skipping {escape(str(error))}", soft_wrap=True)
+
+        return EvalListener(on_skip=on_skip, on_stage=on_stage, on_advance=on_advance)

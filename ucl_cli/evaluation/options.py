@@ -1,0 +1,117 @@
+"""What one `ucl eval` run measures: the paper's protocol by default (PAPER.md: 100 trials of
+25 candidates, recall@1/5/10), and how to vary it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from ucl_cli.errors import UsageError
+from ucl_cli.modality import Modality
+
+Direction = Literal["image->audio", "audio->image"]
+DIRECTIONS: tuple[str, ...] = ("image->audio", "audio->image")
+# Spellings a shell leaves alone ('>' unquoted is a redirection).
+DIRECTION_ALIASES = {"image-to-audio": "image->audio", "audio-to-image": "audio->image"}
+METHODS: tuple[str, ...] = ("lse", "topk", "direct", "caption")
+# Methods whose scores go through the bank (so they are measured at every bank size).
+BANK_METHODS: tuple[str, ...] = ("lse", "topk", "caption")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """One evaluation's settings.
+
+    bank_sizes: sizes of random sub-banks (nested, seeded) to measure recall against M; the
+      whole (leak-free) bank is always measured too.
+    ks: the recall cut-offs. confidence: the level of the intervals.
+    allow_leak: keep bank items equal to a manifest caption (they are reported either way).
+    force_direct: compute `direct` even between two separately trained models.
+    strict: an unreadable file is an error, instead of leaving its item out.
+    block_items: most items scored in one [items, items] matrix (memory: its square in floats).
+    """
+
+    trials: int = 100
+    candidates: int = 25
+    seed: int = 0
+    methods: tuple[str, ...] = METHODS
+    bank_sizes: tuple[int, ...] = ()
+    direction: Direction = "image->audio"
+    ks: tuple[int, ...] = (1, 5, 10)
+    confidence: float = 0.95
+    allow_leak: bool = False
+    force_direct: bool = False
+    strict: bool = False
+    device: str = "cpu"
+    batch_size: int | None = None
+    topk_start: int = 64
+    topk_max: int = 8192
+    block_items: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.direction not in DIRECTIONS:
+            raise UsageError(
+                f"unknown direction {self.direction!r}; choose {' or '.join(DIRECTIONS)}"
+            )
+        unknown = [method for method in self.methods if method not in METHODS]
+        if unknown or not self.methods:
+            raise UsageError(
+                f"unknown method {', '.join(map(repr, unknown)) or '(none given)'}; choose from: "
+                f"{', '.join(METHODS)}"
+            )
+        if len(set(self.methods)) != len(self.methods):
+            raise UsageError(f"a method is named twice in {', '.join(self.methods)}")
+        if self.trials < 1:
+            raise UsageError(f"trials must be at least 1; got {self.trials}")
+        if self.candidates < 2:
+            raise UsageError(
+                f"candidates must be at least 2 (one positive, one other); got {self.candidates}"
+            )
+        if not self.ks or min(self.ks) < 1:
+            raise UsageError(f"recall cut-offs must be at least 1; got {list(self.ks)}")
+        if any(size < 1 for size in self.bank_sizes):
+            raise UsageError(f"bank sizes must be at least 1; got {list(self.bank_sizes)}")
+        if not 0.0 < self.confidence < 1.0:
+            raise UsageError(f"confidence must lie strictly between 0 and 1; got {self.confidence}")
+        if self.block_items < self.candidates:
+            raise UsageError(
+                f"block_items ({self.block_items}) must hold one trial "
+                f"({self.candidates} candidates)"
+            )
+
+    @property
+    def query_modality(self) -> Modality:
+        return Modality(self.direction.split("->")[0])
+
+    @property
+    def candidate_modality(self) -> Modality:
+        return Modality(self.direction.split("->")[1])
+
+
+def parse_direction(text: str) -> Direction:
+    """'image->audio' or 'image-to-audio' (and the same for audio->image)."""
+    value = DIRECTION_ALIASES.get(text.strip().lower(), text.strip().lower())
+    if value not in DIRECTIONS:
+        raise UsageError(
+            f"unknown direction {text!r}; choose image-to-audio (image->audio) or "
+            "audio-to-image (audio->image)"
+        )
+    return value  # type: ignore[return-value]
+
+
+def parse_list(text: str) -> tuple[str, ...]:
+    """'lse, topk' -> ('lse', 'topk'): what comma-separated flags become."""
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def parse_sizes(text: str) -> tuple[int, ...]:
+    """'100,1k,10000' -> (100, 1000, 10000); 'k' and 'M' suffixes are accepted."""
+    sizes = []
+    for part in parse_list(text):
+        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1].lower(), 1)
+        digits = part[:-1] if scale > 1 else part
+        try:
+            sizes.append(int(float(digits) * scale))
+        except ValueError:
+            raise UsageError(f"bank size {part!r} is not a number (e.g. 100,1k,10k)") from None
+    return tuple(sorted(set(sizes)))

@@ -1,0 +1,286 @@
+"""`evaluate`: the paper's retrieval protocol on a manifest of paired files, one call.
+
+    files -> embeddings (each file once, through the cache) -> trials (seeded)
+          -> per method and bank size: one score matrix, read by every trial
+          -> recall@k, mean rank, intervals -> EvalReport
+
+Recall@k is defined as in PAPER.md: T trials, each of K distinct items drawn at random; every
+item of a trial is a query once, ranking the trial's K candidate files (its own is the
+positive). A trial's recall@k is the mean over its K queries of P(rank of the positive <= k),
+ties broken fairly; the reported recall is the mean over the T trials (equivalently over the
+T * K queries), with a Student-t interval over the T trial values (see `intervals`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ucl_cli.bank import Bank
+from ucl_cli.bridge.pipeline import encoder_for
+from ucl_cli.cache import EmbeddingCache, embed_files
+from ucl_cli.encoders.base import Encoder
+from ucl_cli.errors import InputFileError, UsageError
+from ucl_cli.evaluation.intervals import t_interval
+from ucl_cli.evaluation.leakage import find_leaks
+from ucl_cli.evaluation.manifest import PairedItem, PairManifest, read_pairs
+from ucl_cli.evaluation.options import BANK_METHODS, EvalOptions
+from ucl_cli.evaluation.provenance import bank_info, model_info, software_versions
+from ucl_cli.evaluation.report import (
+    EvalReport,
+    MethodResult,
+    SkippedItem,
+)
+from ucl_cli.evaluation.scoring import (
+    Scorer,
+    ScoringSettings,
+    TrialMetrics,
+    bank_scorer,
+    block_limit,
+    direct_scorer,
+    measure_trials,
+)
+from ucl_cli.evaluation.sides import bank_side
+from ucl_cli.evaluation.trials import bank_sizes, draw_trials, sub_bank_rows
+from ucl_cli.modality import Modality
+
+
+@dataclass
+class EvalListener:
+    """Hooks for progress and warnings; the library itself never prints."""
+
+    on_skip: Callable[[InputFileError], None] | None = None
+    on_stage: Callable[[str, int], None] | None = None  # (description, total steps)
+    on_advance: Callable[[int], None] | None = None
+
+    def stage(self, text: str, total: int) -> None:
+        if self.on_stage is not None:
+            self.on_stage(text, total)
+
+    def advance(self, steps: int) -> None:
+        if self.on_advance is not None:
+            self.on_advance(steps)
+
+
+@dataclass
+class _Embedded:
+    """Per usable item: the query-side and candidate-side vectors (rows aligned with items)."""
+
+    items: list[PairedItem]
+    queries: np.ndarray
+    candidates: np.ndarray
+    skipped: list[SkippedItem] = field(default_factory=list)
+    embedded: int = 0
+    cached: int = 0
+
+
+@dataclass(frozen=True)
+class _BankPlan:
+    """The bank, the (query, candidate) models, the usable rows and the sizes measured."""
+
+    bank: Bank
+    models: tuple[Encoder, Encoder]
+    usable: np.ndarray
+    sizes: tuple[int, ...]
+
+
+def evaluate(
+    manifest: PairManifest | str | Path,
+    *,
+    encoders: Sequence[Encoder],
+    bank: Bank,
+    options: EvalOptions | None = None,
+    cache: EmbeddingCache | None = None,
+    listener: EvalListener | None = None,
+) -> EvalReport:
+    """Measure every requested method on the manifest's pairs through `bank`."""
+    started = time.perf_counter()
+    options = options or EvalOptions()
+    listener = listener or EvalListener()
+    pairs = manifest if isinstance(manifest, PairManifest) else read_pairs(manifest)
+    bank.check_models(encoders)
+    bridge = Modality(bank.modality)
+    query_model = encoder_for(encoders, options.query_modality, bridge)
+    candidate_model = encoder_for(encoders, options.candidate_modality, bridge)
+    methods, skipped_methods = _runnable(options, query_model, candidate_model)
+
+    if options.candidates > len(pairs):  # before embedding anything
+        draw_trials(len(pairs), 1, options.candidates, options.seed)
+    listener.stage("checking the bank for manifest captions", 0)
+    leaks = find_leaks(bank, pairs.items)
+    usable = leaks.usable_rows(len(bank), allow_leak=options.allow_leak)
+    sizes = bank_sizes(options.bank_sizes, len(usable))
+
+    own_cache = cache is None
+    cache = cache or EmbeddingCache()
+    try:
+        embedded = _embed(pairs, query_model, candidate_model, options, cache, listener)
+    finally:
+        if own_cache:
+            cache.close()
+    trials = draw_trials(len(embedded.items), options.trials, options.candidates, options.seed)
+    plan = _BankPlan(bank, (query_model, candidate_model), usable, sizes)
+    results = _measure(methods, embedded, trials, plan, options, listener)
+    return EvalReport(
+        options=options,
+        manifest_path=pairs.path,
+        manifest_sha256=pairs.sha256,
+        manifest_items=len(pairs),
+        items=len(embedded.items),
+        models=[model_info("query", query_model), model_info("candidate", candidate_model)],
+        bank=bank_info(bank),
+        leaks=leaks,
+        usable_bank_rows=len(usable),
+        bank_sizes=sizes,
+        results=results,
+        skipped_methods=skipped_methods,
+        skipped_items=embedded.skipped,
+        embedded=embedded.embedded,
+        cached=embedded.cached,
+        versions=software_versions(),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _runnable(
+    options: EvalOptions, query_model: Encoder, candidate_model: Encoder
+) -> tuple[list[str], dict[str, str]]:
+    """The methods to measure, and why any requested one is left out."""
+    skipped: dict[str, str] = {}
+    methods = list(options.methods)
+    if "direct" in methods and query_model.key != candidate_model.key:
+        if not options.force_direct:
+            skipped["direct"] = (
+                f"{query_model.key} and {candidate_model.key} were trained separately, so the "
+                "cosine between their embeddings is meaningless (PAPER.md, Lemma 2); "
+                "--force-direct measures it anyway"
+            )
+        elif query_model.dim != candidate_model.dim:
+            raise UsageError(
+                f"--force-direct: {query_model.key} has dim {query_model.dim} but "
+                f"{candidate_model.key} has dim {candidate_model.dim}; there is no cosine"
+            )
+    methods = [method for method in methods if method not in skipped]
+    if not methods:
+        raise UsageError(f"no method left to measure: direct: {skipped['direct']}")
+    return methods, skipped
+
+
+def _embed(
+    pairs: PairManifest,
+    query_model: Encoder,
+    candidate_model: Encoder,
+    options: EvalOptions,
+    cache: EmbeddingCache,
+    listener: EvalListener,
+) -> _Embedded:
+    """Embed each distinct file once; drop the items whose query or candidate file failed."""
+    sides = (
+        (query_model, options.query_modality),
+        (candidate_model, options.candidate_modality),
+    )
+    vectors: list[dict[Path, np.ndarray]] = []
+    failed: dict[Path, str] = {}
+    embedded = cached = 0
+    for encoder, modality in sides:
+        paths = list(dict.fromkeys(_file(item, modality) for item in pairs.items))
+        listener.stage(
+            f"embedding {len(paths)} {modality.value} files with {encoder.key}", len(paths)
+        )
+        found = embed_files(
+            encoder,
+            modality,
+            paths,
+            cache,
+            batch_size=options.batch_size,
+            progress=listener.on_advance,
+            strict=options.strict,
+            on_skip=listener.on_skip,
+        )
+        vectors.append(dict(zip(found.paths, found.vectors, strict=True)))
+        failed.update({Path(error.path): error.reason for error in found.skipped})
+        embedded += found.computed
+        cached += found.cached
+    items, skipped, query_rows, candidate_rows = [], [], [], []
+    for item in pairs.items:
+        query_file = _file(item, options.query_modality)
+        candidate_file = _file(item, options.candidate_modality)
+        bad = next((f for f in (query_file, candidate_file) if f in failed), None)
+        if bad is not None:
+            skipped.append(SkippedItem(item.line, item.name, bad, failed[bad]))
+            continue
+        items.append(item)
+        query_rows.append(vectors[0][query_file])
+        candidate_rows.append(vectors[1][candidate_file])
+    if not items:
+        raise UsageError(f"no item of {pairs.path} has two readable files")
+    return _Embedded(
+        items, np.stack(query_rows), np.stack(candidate_rows), skipped, embedded, cached
+    )
+
+
+def _measure(
+    methods: list[str],
+    embedded: _Embedded,
+    trials: np.ndarray,
+    plan: _BankPlan,
+    options: EvalOptions,
+    listener: EvalListener,
+) -> list[MethodResult]:
+    bank, models, sizes = plan.bank, plan.models, plan.sizes
+    settings = ScoringSettings(
+        device=options.device,
+        top=max(options.ks),
+        topk_start=options.topk_start,
+        topk_max=options.topk_max,
+    )
+    through_bank = [method for method in methods if method in BANK_METHODS]
+    steps = len(through_bank) * len(sizes) + ("direct" in methods)
+    listener.stage(f"scoring {len(trials)} trials of {trials.shape[1]} candidates", steps)
+    results = []
+    if "direct" in methods:
+        forced = models[0].key != models[1].key
+        results.append(
+            _result("direct", None, direct_scorer(settings), embedded, trials, options, forced)
+        )
+        listener.advance(1)
+    rows_by_size = sub_bank_rows(plan.usable, sizes, options.seed)
+    for size in sizes:
+        rows = None if size == len(bank) else rows_by_size[size]
+        query_side, candidate_side = (bank_side(bank, model, rows) for model in models)
+        for method in through_bank:
+            scorer = bank_scorer(method, query_side, candidate_side, settings)
+            results.append(_result(method, size, scorer, embedded, trials, options))
+            listener.advance(1)
+    order = {method: i for i, method in enumerate(options.methods)}
+    return sorted(results, key=lambda r: (order[r.method], r.bank_size or 0))
+
+
+def _result(
+    method: str,
+    size: int | None,
+    scorer: Scorer,
+    embedded: _Embedded,
+    trials: np.ndarray,
+    options: EvalOptions,
+    forced: bool = False,
+) -> MethodResult:
+    block = block_limit(method, options.candidates, options.block_items)
+    metrics: TrialMetrics = measure_trials(
+        scorer, embedded.queries, embedded.candidates, trials, options.ks, block
+    )
+    level = options.confidence
+    recall = {k: t_interval(metrics.recall[k], level, (0.0, 1.0)) for k in options.ks}
+    rank = t_interval(metrics.mean_rank, level, (1.0, float(options.candidates)))
+    return MethodResult(method, size, recall, rank, forced)
+
+
+def _file(item: PairedItem, modality: Modality) -> Path:
+    return item.image if modality is Modality.IMAGE else item.audio
+
+
+__all__ = ["EvalListener", "evaluate"]

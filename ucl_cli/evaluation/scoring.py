@@ -1,0 +1,115 @@
+"""Per-trial recall and rank from score matrices computed once.
+
+The score of a (query, candidate) pair under `lse`, `caption` and `direct` depends on that pair
+alone (and on the bank), never on the other candidates of its trial. So the scores of all the
+items that trials use are computed as one [items, items] matrix (per block of trials, when
+there are very many items), and each trial reads its [candidates, candidates] sub-matrix:
+exactly the numbers that scoring each trial on its own would give, at the cost of one pass
+over the bank.
+
+`topk` is the exception: the number T of nearest bank rows grows until the trial's leading
+`max(ks)` candidates are certified, so it depends on the trial, and its memory grows with
+queries * T * candidates. It is scored one trial at a time (`block_limit`), exactly as
+`ucl query --method topk` would rank that trial's candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ucl_cli.bridge import methods
+from ucl_cli.bridge.methods import BridgeSide
+from ucl_cli.estimators import recall_at_k_per_query
+from ucl_cli.estimators.metrics import positive_rank_bounds
+from ucl_cli.evaluation.trials import trial_blocks
+
+# (queries [U, d1], candidates [U, d2]) -> scores [U, U], higher is better.
+Scorer = Callable[[np.ndarray, np.ndarray], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrialMetrics:
+    """Per-trial averages over the trial's queries (fair ties): recall@k and the mean rank."""
+
+    recall: dict[int, np.ndarray]  # k -> float64 [trials]
+    mean_rank: np.ndarray  # float64 [trials]
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    device: str = "cpu"
+    top: int = 10  # topk: leading positions to certify
+    topk_start: int = 64
+    topk_max: int = 8192
+
+
+def bank_scorer(
+    method: str, query_side: BridgeSide, candidate_side: BridgeSide, settings: ScoringSettings
+) -> Scorer:
+    """The scores of `lse`, `topk` or `caption` through one bank (or sub-bank)."""
+    device = settings.device
+    if method == "lse":
+        return lambda q, c: (
+            methods.lse_scores(q, c, query_side, candidate_side, device=device).values
+        )
+    if method == "caption":
+        return lambda q, c: (
+            methods.caption_scores(q, c, query_side, candidate_side, device=device).values
+        )
+    if method == "topk":
+        return lambda q, c: (
+            methods.topk_scores(
+                q,
+                c,
+                query_side,
+                candidate_side,
+                top=settings.top,
+                start_t=settings.topk_start,
+                max_t=settings.topk_max,
+                device=device,
+            ).values
+        )
+    raise ValueError(f"{method!r} does not score through a bank")
+
+
+def block_limit(method: str, candidates: int, block_items: int) -> int:
+    """Most items one score matrix may cover for `method` (one trial's for `topk`)."""
+    return candidates if method == "topk" else block_items
+
+
+def direct_scorer(settings: ScoringSettings) -> Scorer:
+    return lambda q, c: methods.direct_scores(q, c, device=settings.device).values
+
+
+def measure_trials(
+    scorer: Scorer,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    trials: np.ndarray,
+    ks: Sequence[int],
+    block_items: int,
+) -> TrialMetrics:
+    """Recall@k and mean rank of every trial; queries[i] and candidates[i] are item i's files.
+
+    trials: int [T, K] item indices; in each trial query j's positive is candidate j.
+    """
+    count, size = trials.shape
+    recall = {k: np.empty(count) for k in ks}
+    mean_rank = np.empty(count)
+    positives = torch.arange(size)
+    for trial_ids, items in trial_blocks(trials, block_items):
+        values = scorer(queries[items], candidates[items]).detach().cpu()
+        local = torch.from_numpy(np.searchsorted(items, trials[trial_ids]))  # [B, K]
+        flat = values[local[:, :, None], local[:, None, :]].reshape(-1, size)
+        flat_positives = positives.repeat(len(trial_ids))
+        for k in ks:
+            per_query = recall_at_k_per_query(flat, flat_positives, k)
+            recall[k][trial_ids] = per_query.reshape(-1, size).mean(dim=1).numpy()
+        better, tied = positive_rank_bounds(flat, flat_positives)
+        ranks = better.double() + 1.0 + tied.double() / 2.0
+        mean_rank[trial_ids] = ranks.reshape(-1, size).mean(dim=1).numpy()
+    return TrialMetrics(recall, mean_rank)

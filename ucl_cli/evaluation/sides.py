@@ -1,0 +1,31 @@
+"""Which model serves which side, and each model's view of the bank (whole or a sub-bank).
+
+The query model embeds the query modality and the bank's texts, the candidate model the bank's
+texts and the candidate modality (image->audio: CLIP then CLAP; audio->image: CLAP then CLIP),
+each with its own trained logit scale, as `ucl query` does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ucl_cli.bank import Bank
+from ucl_cli.bridge.certified_search import CertifiedNearest
+from ucl_cli.bridge.methods import BridgeSide
+from ucl_cli.encoders.base import Encoder
+
+
+def bank_side(bank: Bank, encoder: Encoder, rows: np.ndarray | None) -> BridgeSide:
+    """The whole bank (memory-mapped, searched by its own FAISS index) when `rows` is None;
+    otherwise those rows copied into memory with an exact inner-product index of their own.
+    Either search certifies the rows it did not return, as `topk` needs."""
+    if rows is None:
+        vectors = bank.vectors(encoder.key)
+        nearest = CertifiedNearest(bank.index(encoder.key), vectors)
+        return BridgeSide(vectors, encoder.logit_scale, nearest)
+    import faiss
+
+    matrix = np.ascontiguousarray(bank.vectors(encoder.key)[rows], dtype=np.float32)
+    index = faiss.IndexFlatIP(matrix.shape[1])
+    index.add(matrix)
+    return BridgeSide(matrix, encoder.logit_scale, CertifiedNearest(index, matrix))
