@@ -41,7 +41,10 @@ class CertifiedNearest:
         values, rows = self.index.search(queries, t)
         ceiling = values[:, -1].astype(np.float64) + ROUNDING_SLACK
         if ivf is not None and ivf.nprobe < ivf.nlist:
-            ceiling = np.maximum(ceiling, self._skipped_lists_bound(ivf, queries))
+            skipped = self._skipped_lists_bound(ivf, queries)
+            # Bank rows are unit norm, so no inner product exceeds ||q||.
+            skipped = np.minimum(skipped, np.linalg.norm(queries, axis=1) + ROUNDING_SLACK)
+            ceiling = np.maximum(ceiling, skipped)
         return values, rows, ceiling
 
     def _skipped_lists_bound(self, ivf: faiss.IndexIVF, queries: np.ndarray) -> np.ndarray:

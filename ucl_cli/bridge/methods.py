@@ -93,17 +93,25 @@ def topk_scores(
     max_t: int = 8192,
     device: str = "cpu",
 ) -> Scores:
-    """Certified top-T bounds; T doubles until the first `top` positions are certified."""
+    """Certified top-T bounds; T grows 4x until the first `top` positions are certified, T
+    reaches `max_t`, or growing T stopped helping (no more positions certified than before:
+    then the ceiling of the rows never visited, not T, is what keeps the bounds apart)."""
     if query_side.nearest is None or candidate_side.nearest is None:
         raise UsageError("the topk method needs a nearest-neighbour index on both bank sides")
     bank_size = len(query_side.bank)
+    needed = min(top, candidates.shape[0])
     t = min(start_t, bank_size)
+    previous = -1
     while True:
         scores = _bounded_scores(queries, candidates, query_side, candidate_side, t, device)
-        needed = min(top, candidates.shape[0])
-        leading = scores.certified.int().cumprod(dim=1).sum(dim=1)
-        if bool((leading >= needed).all()) or t >= min(max_t, bank_size):
+        leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
+        if (
+            leading >= needed
+            or t >= min(max_t, bank_size)
+            or (previous >= 0 and leading <= previous)
+        ):
             return scores
+        previous = leading
         t = min(t * 4, max_t, bank_size)
 
 
@@ -121,13 +129,19 @@ def _bounded_scores(
     c = _tensor(candidates, device)
     left_top = _scaled_top(left_values, left_rows, left_ceiling, query_side.scale, device)
     right_top = _scaled_top(right_values, right_rows, right_ceiling, candidate_side.scale, device)
-    # right[I_n[t], k] and left[n, J_k[t]] from the gathered bank rows only.
+    # right[I_n[t], k] from the N*T gathered bank rows; left[n, J_k[t]] from the K*T gathered
+    # rows, or, when that is more rows than the bank holds, from one pass of q over the bank.
     query_bank_rows = _tensor(candidate_side.bank[np.asarray(left_rows).reshape(-1)], device)
     right_at_left_top = candidate_side.scale * (query_bank_rows @ c.T).reshape(*left_rows.shape, -1)
-    candidate_bank_rows = _tensor(query_side.bank[np.asarray(right_rows).reshape(-1)], device)
-    left_at_right_top = query_side.scale * (q @ candidate_bank_rows.T).reshape(
-        q.shape[0], *right_rows.shape
-    )
+    right_rows_t = torch.as_tensor(np.asarray(right_rows), device=device)
+    if right_rows_t.numel() > len(query_side.bank):
+        left_full = _full_left(q, query_side, device)  # [N, M]
+        left_at_right_top = left_full[:, right_rows_t]  # [N, K, T]
+    else:
+        candidate_bank_rows = _tensor(query_side.bank[np.asarray(right_rows).reshape(-1)], device)
+        left_at_right_top = query_side.scale * (q @ candidate_bank_rows.T).reshape(
+            q.shape[0], *right_rows.shape
+        )
     bounds = topk_bridge_bounds(
         left_top,
         right_top,
@@ -145,6 +159,15 @@ def _bounded_scores(
         lower=bounds.lower,
         upper=bounds.upper,
     )
+
+
+def _full_left(q: torch.Tensor, side: BridgeSide, device: str) -> torch.Tensor:
+    """s1 * <q, bank row> for every bank row, [N, M], one chunk of the bank at a time."""
+    parts = [
+        q @ _tensor(side.bank[m0 : m0 + BANK_CHUNK], device).T
+        for m0 in range(0, len(side.bank), BANK_CHUNK)
+    ]
+    return side.scale * torch.cat(parts, dim=1)
 
 
 def _scaled_top(
