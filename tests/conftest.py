@@ -18,3 +18,24 @@ def ucl_home(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("ucl_home")
     monkeypatch.setenv("UCL_HOME", str(home))
     return home
+
+
+def install_planted_plugin(site):
+    """A distribution on sys.path whose entry point registers tests/planted_backend.py."""
+    dist = site / "ucl_planted-1.0.dist-info"
+    dist.mkdir(parents=True, exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ucl_planted\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[ucl.backends]\nplanted = planted_backend:register\n")
+
+
+@pytest.fixture
+def plugin(tmp_path, monkeypatch):
+    """The planted test backend, installed through a real `ucl.backends` entry point."""
+    from ucl_cli.encoders import registry
+
+    site = tmp_path / "site"
+    install_planted_plugin(site)
+    monkeypatch.syspath_prepend(str(site))
+    registry.reset_registry()
+    yield site
+    registry.reset_registry()

@@ -29,13 +29,11 @@ import soundfile as sf
 from media_samples import ALSA_SOUNDS, FREEDESKTOP_SOUNDS, SKIMAGE_DATA, sample
 from PIL import Image
 from scipy.stats import t as student_t
-from test_query import install_planted_plugin
 from typer.testing import CliRunner
 
 from ucl_cli.bank import load_bank, resolve_bank, save_bank, text_item
 from ucl_cli.cli import app
 from ucl_cli.commands import _shared as shared_commands
-from ucl_cli.encoders import registry
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
 from ucl_cli.evaluation import (
@@ -395,16 +393,6 @@ PLANTED_BANK = [f"concept {j}" for j in range(planted.CONCEPTS)] + [
     "more noise",
     "a fourth distractor",
 ]
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch):
-    site = tmp_path / "site"
-    install_planted_plugin(site)
-    monkeypatch.syspath_prepend(str(site))
-    registry.reset_registry()
-    yield site
-    registry.reset_registry()
 
 
 @pytest.fixture

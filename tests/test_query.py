@@ -23,7 +23,6 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ucl_cli.cli import app
-from ucl_cli.encoders import registry
 
 TESTS = Path(__file__).parent
 IMAGE_TEXT, TEXT_AUDIO = "planted:image-text", "planted:text-audio"
@@ -36,24 +35,6 @@ def expected_score(same_concept: bool) -> float:
     if same_concept:
         return math.log(math.exp(S1 + S2) + M - 1) - math.log(M)
     return math.log(math.exp(S1) + math.exp(S2) + M - 2) - math.log(M)
-
-
-def install_planted_plugin(site: Path) -> None:
-    """A distribution on sys.path whose entry point registers the planted backend."""
-    dist = site / "ucl_planted-1.0.dist-info"
-    dist.mkdir(parents=True, exist_ok=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ucl_planted\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[ucl.backends]\nplanted = planted_backend:register\n")
-
-
-@pytest.fixture
-def plugin(tmp_path, monkeypatch) -> Path:
-    site = tmp_path / "site"
-    install_planted_plugin(site)
-    monkeypatch.syspath_prepend(str(site))
-    registry.reset_registry()
-    yield site
-    registry.reset_registry()
 
 
 @pytest.fixture

@@ -7,11 +7,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
     from ucl_cli.bank import Bank
     from ucl_cli.encoders.base import Encoder
+
+
+# Options that several commands take, declared once.
+IMAGE_TEXT_MODEL = typer.Option(
+    None, "--image-text-model", help="Image-text model key.", show_default=False
+)
+TEXT_AUDIO_MODEL = typer.Option(
+    None, "--text-audio-model", help="Text-audio model key.", show_default=False
+)
+DEVICE = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+BATCH_SIZE = typer.Option(
+    None, "--batch-size", min=1, help="Files embedded per batch.", show_default=False
+)
 
 
 def load_encoder(key: str, *, device: str) -> Encoder:

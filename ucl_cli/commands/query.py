@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ucl_cli.commands._shared import BATCH_SIZE, DEVICE, IMAGE_TEXT_MODEL, TEXT_AUDIO_MODEL
 from ucl_cli.errors import UsageError
 
 METHOD_HELP = (
@@ -61,16 +62,10 @@ def query(
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Compute direct cosine even between unrelated models."
     ),
-    image_text_model: str | None = typer.Option(
-        None, "--image-text-model", help="Image-text model key.", show_default=False
-    ),
-    text_audio_model: str | None = typer.Option(
-        None, "--text-audio-model", help="Text-audio model key.", show_default=False
-    ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int | None = typer.Option(
-        None, "--batch-size", min=1, help="Files embedded per batch.", show_default=False
-    ),
+    image_text_model: str | None = IMAGE_TEXT_MODEL,
+    text_audio_model: str | None = TEXT_AUDIO_MODEL,
+    device: str = DEVICE,
+    batch_size: int | None = BATCH_SIZE,
     strict: bool = typer.Option(
         False, "--strict", help="Fail at the first unreadable candidate instead of skipping it."
     ),
