@@ -1,0 +1,250 @@
+"""`ucl synth`: the paper's synthetic experiments, beside the published numbers.
+
+The comparison table goes to stdout; progress goes to stderr; `--out` keeps every per-seed
+number as JSON and `--plot` draws the paper-style bar charts. torch, scipy and matplotlib are
+imported inside the command so that `ucl --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+class Preset(str, Enum):
+    QUICK = "quick"
+    PAPER = "paper"
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth")(synth)
+
+
+def synth(
+    preset: Preset = typer.Option(
+        Preset.QUICK,
+        "--preset",
+        help="quick: one seed, small data, banks to 10k (a minute or so). "
+        "paper: the full recipe, 10 seeds, banks to 100k.",
+    ),
+    seeds: str | None = typer.Option(
+        None,
+        "--seeds",
+        help="Seeds to run, e.g. 0-9 or 0,3,7 (default: the preset's).",
+        show_default=False,
+    ),
+    critics: list[str] | None = typer.Option(
+        None,
+        "--critic",
+        help="cosine, dot or neg_sq_l2; repeat or separate with commas (default: all three).",
+        show_default=False,
+    ),
+    rho: float | None = typer.Option(
+        None,
+        "--rho",
+        help="Share of the A-C signal that bypasses B (0: assumption 1 holds).",
+        show_default=False,
+    ),
+    bank_sizes: str | None = typer.Option(
+        None,
+        "--bank-sizes",
+        help="Monte Carlo bank sizes of the table, e.g. 5000,100000 or 5k,100k "
+        "(default: the preset's).",
+        show_default=False,
+    ),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Write every number (per seed, means, CIs, sweep, timing) as JSON.",
+        dir_okay=False,
+        show_default=False,
+    ),
+    plot: Path | None = typer.Option(
+        None,
+        "--plot",
+        help="Draw bar charts with 95% confidence intervals (PNG, PDF or SVG).",
+        dir_okay=False,
+        show_default=False,
+    ),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Worker processes, each on one thread (default: one per CPU core, at most one per "
+        "task). Results do not depend on it.",
+        show_default=False,
+    ),
+    resume: Path | None = typer.Option(
+        None,
+        "--resume",
+        help="Reuse the finished tasks of an earlier (interrupted) run's --out file; the other "
+        "options must match it, except --seeds.",
+        exists=True,
+        dir_okay=False,
+        show_default=False,
+    ),
+) -> None:
+    """Reproduce the paper's synthetic experiments beside its published numbers.
+
+    Shared vs independent encoders vs an oracle, Direct vs Monte Carlo over banks of B samples,
+    three critics, the exact Gaussian references, and a bank-size sweep with effective sample
+    sizes. The table goes to stdout, progress to stderr.
+    """
+    from ucl_cli.experiments.options import parse_seeds, parse_sizes, with_overrides
+    from ucl_cli.experiments.options import preset as preset_options
+    from ucl_cli.experiments.report_table import comparison_table, sweep_table, timing_text
+    from ucl_cli.experiments.runner import run_synthetic
+
+    base = preset_options(preset.value)
+    options = with_overrides(
+        base,
+        seeds=parse_seeds(seeds) if seeds is not None else None,
+        critics=_critic_list(critics),
+        rho=rho,
+        bank_sizes=parse_sizes(bank_sizes) if bank_sizes is not None else None,
+    )
+    if bank_sizes is not None:
+        options = with_overrides(options, sweep_sizes=_sweep_within(base, options.bank_sizes))
+    earlier = _resume_from(resume, options, out) if resume is not None else None
+    stderr = Console(stderr=True, highlight=False)
+
+    def save(partial) -> None:  # after every task, so an interrupted run keeps what it finished
+        if out is not None:
+            _write_json(out, partial.to_json())
+
+    with _ProgressView(stderr) as view:
+        results = run_synthetic(
+            options, workers=workers, on_progress=view.update, on_task_done=save, resume=earlier
+        )
+    record = results.to_json()
+    if out is not None:
+        _write_json(out, record)
+        stderr.print(f"wrote {out}")
+    if plot is not None:
+        from ucl_cli.experiments.plotting import plot_results
+
+        plot_results(record, plot)
+        stderr.print(f"wrote {plot}")
+    stdout = Console(highlight=False, width=max(Console().width, 160))
+    stdout.print(comparison_table(record))
+    stdout.print(sweep_table(record))
+    stderr.print(timing_text(record))
+
+
+def _resume_from(path: Path, options, out: Path | None):
+    """The finished tasks of `path` that belong to this run (same options; seeds may differ)."""
+    import dataclasses
+
+    from ucl_cli.errors import InputFileError, UsageError
+    from ucl_cli.experiments.results import load_results
+    from ucl_cli.experiments.runner import Resume
+
+    try:
+        earlier = load_results(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputFileError(path, f"cannot read it as a results file: {err}") from None
+    if dataclasses.replace(earlier.options, seeds=options.seeds) != options:
+        raise UsageError(
+            f"{path} was made with other options than this run's (preset, --critic, --rho, "
+            "--bank-sizes); resume with the same ones"
+        )
+    outcomes = [*earlier.critic_runs, *earlier.reference_runs]
+    dropped = sorted({run.seed for run in outcomes} - set(options.seeds))
+    if dropped and out is not None and out.resolve() == path.resolve():
+        raise UsageError(
+            f"{path} holds finished seeds {dropped} that --seeds leaves out; writing it again "
+            "would lose them: choose another --out"
+        )
+    kept = [run for run in outcomes if run.seed in options.seeds]
+    return Resume(kept, earlier.wall_seconds if kept else 0.0, earlier.workers)
+
+
+def _critic_list(critics: list[str] | None) -> tuple[str, ...] | None:
+    if not critics:
+        return None
+    names = [name.strip() for item in critics for name in item.split(",") if name.strip()]
+    return tuple(dict.fromkeys(names))
+
+
+def _sweep_within(base, bank_sizes: tuple[int, ...]) -> tuple[int, ...]:
+    """The preset's sweep sizes up to the largest bank asked for (the bank is drawn that big)."""
+    largest = max(bank_sizes)
+    return tuple(size for size in base.sweep_sizes if size <= largest) or (largest,)
+
+
+def _write_json(path: Path, record: dict) -> None:
+    """Atomic write: a temporary file in the same folder, then a rename."""
+    from ucl_cli.errors import InputFileError
+
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide results from others
+        with os.fdopen(handle, "w") as stream:
+            json.dump(record, stream, indent=1)
+            stream.write("\n")
+        os.replace(temporary, path)
+    except OSError as err:
+        raise InputFileError(path, f"cannot write the results: {err.strerror or err}") from None
+
+
+class _ProgressView:
+    """Progress on stderr: a Rich bar on a terminal, else a plain line every so often (logs)."""
+
+    LINE_INTERVAL_S = 30.0
+
+    def __init__(self, console: Console):
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TaskProgressColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.console = console
+        self.interactive = console.is_terminal
+        self.last_line = 0.0
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.interactive,
+        )
+        self.task = self.progress.add_task("starting workers", total=None)
+
+    def __enter__(self) -> _ProgressView:
+        self.started = time.monotonic()
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.progress.stop()
+
+    def update(self, event) -> None:
+        self.progress.update(
+            self.task, completed=event.done, total=event.total, description=event.message
+        )
+        now = time.monotonic()
+        if not self.interactive and (
+            now - self.last_line >= self.LINE_INTERVAL_S or event.message.endswith("done")
+        ):
+            self.last_line = now
+            share = 100.0 * event.done / event.total if event.total else 0.0
+            self.console.print(
+                f"[{now - self.started:7.0f} s] {share:5.1f}%  {event.message}", markup=False
+            )
