@@ -429,15 +429,32 @@ def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
         connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            deadline = time.monotonic() + busy_timeout_s
+            # Switching a new file to WAL takes an exclusive lock for which SQLite does not
+            # always call its busy handler, so two processes opening a fresh cache at once can
+            # see "database is locked" at once: retry until the busy timeout instead.
+            _retry_while_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"), deadline)
             # In WAL mode NORMAL loses no committed transaction when a process dies (only on
             # power loss, which a cache of recomputable vectors can afford).
             connection.execute("PRAGMA synchronous = NORMAL")
-            _migrate(connection, path)
+            _retry_while_locked(lambda: _migrate(connection, path), deadline)
         except BaseException:
             connection.close()
             raise
     return connection
+
+
+def _retry_while_locked(step: Callable[[], object], deadline: float) -> None:
+    delay = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _migrate(connection: sqlite3.Connection, path: Path) -> None:
