@@ -79,6 +79,17 @@ def bank(plugin, runner, tmp_path) -> str:
     return "planted"
 
 
+def image_to_audio(media_dir: Path, bank: str, concept: int) -> list:
+    """The arguments of an image query of `concept` over every audio clip, through `bank`."""
+    return [
+        media_dir / "images" / f"concept{concept}.png",
+        "--candidates",
+        media_dir / "audio",
+        "--bank",
+        bank,
+    ]
+
+
 def run_query(runner, *args, stdin=None):
     result = runner.invoke(app, ["query", "--device", "cpu", *map(str, args)], input=stdin)
     return result
@@ -94,11 +105,7 @@ def jsonl(result) -> list[dict]:
 def test_image_query_ranks_the_matching_audio_first_with_exact_scores(bank, runner, media_dir):
     result = run_query(
         runner,
-        media_dir / "images" / "concept2.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 2),
         "--top",
         "0",
     )
@@ -172,11 +179,7 @@ def test_query_paths_can_come_from_stdin(bank, runner, media_dir):
 
 def test_topk_certifies_the_same_top_results_as_lse(bank, runner, media_dir):
     args = [
-        media_dir / "images" / "concept4.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 4),
         "--top",
         "1",
     ]
@@ -192,11 +195,7 @@ def test_topk_certifies_the_same_top_results_as_lse(bank, runner, media_dir):
 def test_caption_method_goes_through_the_nearest_bank_text(bank, runner, media_dir):
     result = run_query(
         runner,
-        media_dir / "images" / "concept3.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 3),
         "--method",
         "caption",
         "--top",
@@ -212,11 +211,7 @@ def test_caption_method_goes_through_the_nearest_bank_text(bank, runner, media_d
 
 def test_direct_is_refused_between_unrelated_models_unless_forced(bank, runner, media_dir):
     args = [
-        media_dir / "images" / "concept2.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 2),
         "--method",
         "direct",
         "--top",
@@ -235,11 +230,7 @@ def test_direct_is_refused_between_unrelated_models_unless_forced(bank, runner, 
 def test_explain_names_the_bank_items_that_carried_the_score(bank, runner, media_dir):
     result = run_query(
         runner,
-        media_dir / "images" / "concept5.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 5),
         "--top",
         "1",
         "--explain",
@@ -263,11 +254,7 @@ def test_explain_names_the_bank_items_that_carried_the_score(bank, runner, media
 def test_every_format_carries_the_ranking(bank, runner, media_dir, fmt):
     result = run_query(
         runner,
-        media_dir / "images" / "concept1.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 1),
         "--top",
         "2",
         "--format",
@@ -295,11 +282,7 @@ def test_every_format_carries_the_ranking(bank, runner, media_dir, fmt):
 
 def test_second_query_over_the_same_folder_embeds_nothing(bank, runner, media_dir):
     args = [
-        media_dir / "images" / "concept1.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 1),
         "--top",
         "1",
     ]
@@ -312,11 +295,7 @@ def test_second_query_over_the_same_folder_embeds_nothing(bank, runner, media_di
 
 def test_a_changed_candidate_is_embedded_again(bank, runner, media_dir):
     args = [
-        media_dir / "images" / "concept1.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 1),
         "--top",
         "1",
     ]
@@ -349,11 +328,7 @@ def test_missing_bank_is_a_clear_error(plugin, runner, media_dir):
 def test_a_bank_built_with_other_models_is_refused_naming_both(bank, runner, media_dir):
     result = run_query(
         runner,
-        media_dir / "images" / "concept1.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 1),
         "--text-audio-model",
         "planted:joint",
     )
@@ -383,11 +358,7 @@ def test_a_query_that_is_not_media_names_the_file(bank, runner, media_dir, tmp_p
 def test_bad_candidates_are_skipped_with_a_warning_or_fail_with_strict(bank, runner, media_dir):
     (media_dir / "audio" / "broken.wav").write_bytes(b"RIFF\x00\x00")
     args = [
-        media_dir / "images" / "concept1.png",
-        "--candidates",
-        media_dir / "audio",
-        "--bank",
-        bank,
+        *image_to_audio(media_dir, bank, 1),
         "--top",
         "1",
     ]
