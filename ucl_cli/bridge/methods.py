@@ -162,7 +162,8 @@ def _bounded_scores(
 
 
 def _full_left(q: torch.Tensor, side: BridgeSide, device: str) -> torch.Tensor:
-    """s1 * <q, bank row> for every bank row, [N, M], one chunk of the bank at a time."""
+    """scale * <q, bank row> for every bank row, [N, M], copying one chunk of the (memory-mapped)
+    bank at a time instead of the whole matrix."""
     parts = [
         q @ _tensor(side.bank[m0 : m0 + BANK_CHUNK], device).T
         for m0 in range(0, len(side.bank), BANK_CHUNK)
@@ -225,12 +226,8 @@ def explain(
     cols = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
     wanted = sorted({p[1] for p in pairs})
     column_of = {k: i for i, k in enumerate(wanted)}
-    left = query_side.scale * (
-        _tensor(queries, device) @ _tensor(np.asarray(query_side.bank), device).T
-    )
-    right = candidate_side.scale * (
-        _tensor(np.asarray(candidate_side.bank), device) @ _tensor(candidates[wanted], device).T
-    )
+    left = _full_left(_tensor(queries, device), query_side, device)  # [N, M]
+    right = _full_left(_tensor(candidates[wanted], device), candidate_side, device).T  # [M, K']
     local_cols = torch.tensor([column_of[int(k)] for k in cols], dtype=torch.long, device=device)
     return explain_pairs(left, right, rows, local_cols, top=top)
 

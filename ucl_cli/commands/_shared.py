@@ -23,6 +23,13 @@ TEXT_AUDIO_MODEL = typer.Option(
     None, "--text-audio-model", help="Text-audio model key.", show_default=False
 )
 DEVICE = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+BANK = typer.Option(
+    None,
+    "--bank",
+    "-b",
+    help="Bank name or directory (default: the built-in AudioSet labels bank).",
+    show_default=False,
+)
 BATCH_SIZE = typer.Option(
     None, "--batch-size", min=1, help="Files embedded per batch.", show_default=False
 )

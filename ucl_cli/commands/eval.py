@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ucl_cli.commands._shared import BATCH_SIZE, DEVICE, IMAGE_TEXT_MODEL, TEXT_AUDIO_MODEL
+from ucl_cli.commands._shared import BANK, BATCH_SIZE, DEVICE, IMAGE_TEXT_MODEL, TEXT_AUDIO_MODEL
 
 if TYPE_CHECKING:
     from ucl_cli.errors import InputFileError
@@ -35,13 +35,7 @@ def evaluate_command(
         dir_okay=False,
         show_default=False,
     ),
-    bank: str | None = typer.Option(
-        None,
-        "--bank",
-        "-b",
-        help="Bank name or directory (default: the built-in AudioSet labels bank).",
-        show_default=False,
-    ),
+    bank: str | None = BANK,
     trials: int = typer.Option(100, "--trials", min=1, help="Random trials."),
     candidates: int = typer.Option(25, "--candidates", min=2, help="Candidates per trial."),
     seed: int = typer.Option(0, "--seed", help="Seed of the trials and of the sub-banks."),

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ucl_cli.commands._shared import BATCH_SIZE, DEVICE, IMAGE_TEXT_MODEL, TEXT_AUDIO_MODEL
+from ucl_cli.commands._shared import BANK, BATCH_SIZE, DEVICE, IMAGE_TEXT_MODEL, TEXT_AUDIO_MODEL
 from ucl_cli.errors import UsageError
 
 METHOD_HELP = (
@@ -38,13 +38,7 @@ def query(
         help="Candidate files or folders (searched recursively). Repeatable.",
         show_default=False,
     ),
-    bank: str | None = typer.Option(
-        None,
-        "--bank",
-        "-b",
-        help="Bank name or directory (default: the built-in AudioSet labels bank).",
-        show_default=False,
-    ),
+    bank: str | None = BANK,
     top: int = typer.Option(10, "--top", "-n", min=0, help="Results per query (0: all)."),
     method: str = typer.Option("lse", "--method", "-m", help=METHOD_HELP),
     output_format: str | None = typer.Option(
