@@ -148,6 +148,19 @@ def test_typical_clip_scale_scores_need_no_fallback(monkeypatch):
     assert (out.double() - brute_force(left, right)).abs().max() <= float32_tolerance(left, right)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_factors_are_never_subnormal(dtype):
+    # Subnormal arithmetic is many times slower on x86, and the flush-to-zero switch reaches
+    # only the calling thread, not torch's workers: factors are clamped to normal numbers.
+    from ucl_cli.estimators.bridge import _exp2_of_affine
+
+    values = torch.linspace(-5000.0, 0.0, 128 * 25, dtype=dtype).reshape(128, 25)
+    for offset in (torch.zeros(1, 25, dtype=dtype), torch.zeros(128, 1, dtype=dtype)):
+        factors = _exp2_of_affine(values, offset, torch.empty_like(values))
+        assert factors.min() >= torch.finfo(dtype).tiny
+        assert factors.max() == 1.0
+
+
 def test_paths_of_minus_infinity_are_masked_out():
     left = torch.tensor([[0.0, -math.inf, 1.0]], dtype=torch.float64)
     right = torch.tensor([[2.0], [5.0], [-math.inf]], dtype=torch.float64)

@@ -34,12 +34,17 @@ from ucl_cli.errors import NonFiniteScoresError, UsageError
 BLOCK_ELEMENTS = 1 << 24
 # Bank rows summed by one low-precision matrix product before its result is added in float64.
 PARTIAL_TERMS = 1024
-# Elements of left and right processed per step of the one-pass loop. On CPU about 4 MiB in
-# float32, small enough to stay in cache between the max, the exp and the product; on a GPU
-# large enough that kernel launches do not dominate (each step is ~15 small kernels).
+# Elements of left and right processed per step of the loop. On CPU about 4 MiB in float32:
+# smaller chunks lose more to per-operation overhead than they gain in cache locality
+# (measured: 16-32k rows of width 50 is the sweet spot); on a GPU large enough that kernel
+# launches do not dominate.
 CHUNK_ELEMENTS = 1 << 20
 CHUNK_ELEMENTS_GPU = 1 << 26
 LOG2_E = 1.0 / math.log(2.0)
+# log2 of the smallest normal number of each working dtype.
+SMALLEST_NORMAL_EXPONENT = {
+    dtype: float(math.log2(torch.finfo(dtype).tiny)) for dtype in (torch.float32, torch.float64)
+}
 
 
 @dataclass(frozen=True)
@@ -157,10 +162,11 @@ def _log_sum_exp_product(
     left: torch.Tensor, right: torch.Tensor, chunk_size: int | None
 ) -> torch.Tensor:
     """logsumexp_m(left[n, m] + right[m, k]) [N, K] float64: guarded product, exact fallback."""
-    sums, row_shift, col_shift = _online_exp_product(left, right, chunk_size)
+    row_shift, col_shift = left.amax(dim=1), _column_max(right)
     _refuse_non_finite(row_shift, "left")
     _refuse_non_finite(col_shift, "right")
     row_shift, col_shift = _zero_if_neg_inf(row_shift), _zero_if_neg_inf(col_shift)
+    sums = _shifted_exp_product(left, right, row_shift, col_shift, chunk_size)
     lse = row_shift.double()[:, None] + col_shift.double()[None, :] + torch.log(sums)
 
     info = torch.finfo(left.dtype)
@@ -172,14 +178,19 @@ def _log_sum_exp_product(
     return lse
 
 
-def _online_exp_product(
-    left: torch.Tensor, right: torch.Tensor, chunk_size: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass over the bank: S = sum_m exp(left[n, m] - a[n]) * exp(right[m, k] - b[k]).
+def _shifted_exp_product(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    row_shift: torch.Tensor,
+    col_shift: torch.Tensor,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """S = sum_m exp(left[n, m] - a[n]) * exp(right[m, k] - b[k]) [N, K] float64, a chunk of
+    bank rows at a time.
 
-    a and b are running maxima (as in online softmax): when a chunk raises them, the float64
-    accumulator is rescaled, so each bank chunk is read once, while it is still in cache.
-    Returns (S [N, K] float64, a [N], b [K]).
+    The shifts are the global maxima, found first by two cheap reductions, so the loop over
+    chunks does nothing but exponentiate and multiply (an online, flash-style running maximum
+    measured slower on CPU: it doubles the small operations per chunk).
 
     Each matrix product in the input dtype sums at most PARTIAL_TERMS bank rows (a batched
     product over [C, PARTIAL_TERMS] blocks of a chunk); partial sums are added in float64, so
@@ -193,35 +204,41 @@ def _online_exp_product(
     chunk = chunk_size or max(PARTIAL_TERMS, budget // (n + k))
     if chunk > PARTIAL_TERMS:
         chunk = chunk // PARTIAL_TERMS * PARTIAL_TERMS
-    sums = torch.zeros((n, k), dtype=torch.float64, device=left.device)
-    row_shift = torch.full((n,), -math.inf, dtype=left.dtype, device=left.device)
-    col_shift = torch.full((k,), -math.inf, dtype=left.dtype, device=left.device)
     chunk = min(chunk, bank)
+    sums = torch.zeros((n, k), dtype=torch.float64, device=left.device)
     left_buffer = torch.empty((n, chunk), dtype=left.dtype, device=left.device)
     right_buffer = torch.empty((chunk, k), dtype=left.dtype, device=left.device)
+    # exp(x - a) = exp2(x * log2 e - a * log2 e): one fused multiply-add pass, then exp2.
+    row_offset = (row_shift * -LOG2_E)[:, None]
+    col_offset = (col_shift * -LOG2_E)[None, :]
     with _full_precision_matmul(), _flush_denormals(left.device):
         for m0 in range(0, bank, chunk):
             left_chunk, right_chunk = left[:, m0 : m0 + chunk], right[m0 : m0 + chunk]
             width = left_chunk.shape[1]
-            new_row_shift = torch.maximum(row_shift, left_chunk.amax(dim=1))
-            new_col_shift = torch.maximum(col_shift, _column_max(right_chunk))
-            sums *= _rescale(row_shift, new_row_shift)[:, None]
-            sums *= _rescale(col_shift, new_col_shift)[None, :]
-            row_shift, col_shift = new_row_shift, new_col_shift
-            left_factor = _shifted_exp(left_chunk, row_shift[:, None], left_buffer[:, :width])
-            right_factor = _shifted_exp(right_chunk, col_shift[None, :], right_buffer[:width])
+            left_factor = _exp2_of_affine(left_chunk, row_offset, left_buffer[:, :width])
+            right_factor = _exp2_of_affine(right_chunk, col_offset, right_buffer[:width])
             sums += _blocked_product(left_factor, right_factor)
-    return sums, row_shift, col_shift
+    return sums
 
 
-def _shifted_exp(values: torch.Tensor, shift: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """exp(values - shift) written into `out`, computed as exp2((values - shift) * log2 e).
+def _exp2_of_affine(values: torch.Tensor, offset: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """exp2(values * log2 e + offset) written into `out`, never subnormal.
 
-    torch's exp2 is about twice as fast as exp on CPU; the extra rounding of the product is
-    of the same order as that of the subtraction (|values - shift| * eps), inside the
-    stated tolerance."""
-    torch.sub(values, _zero_if_neg_inf(shift), out=out)
-    return out.mul_(LOG2_E).exp2_()
+    torch's exp2 is about twice as fast as exp on CPU; the extra rounding of the product is of
+    the same order as that of the subtraction (|values - shift| * eps), inside the stated
+    tolerance. Arguments are clamped at the exponent of the smallest normal number: a subnormal
+    result takes exp2 (and later products) on a path up to four times slower, and the flush-to-
+    zero switch reaches only the calling thread, not torch's worker threads. The clamp changes
+    each term by less than the smallest normal number, which the underflow guard accounts for.
+    """
+    rows, width = values.shape
+    fold = 64  # a per-column offset over narrow rows vectorises poorly: fold rows into one
+    if offset.shape[0] == 1 and width < 256 and rows % fold == 0 and values.is_contiguous():
+        wide = (rows // fold, fold * width)
+        torch.add(offset.repeat(1, fold), values.view(wide), alpha=LOG2_E, out=out.view(wide))
+    else:
+        torch.add(offset, values, alpha=LOG2_E, out=out)
+    return out.clamp_min_(SMALLEST_NORMAL_EXPONENT[out.dtype]).exp2_()
 
 
 def _blocked_product(left_factor: torch.Tensor, right_factor: torch.Tensor) -> torch.Tensor:
@@ -253,12 +270,6 @@ def _column_max(x: torch.Tensor) -> torch.Tensor:
     return folded if whole == rows else torch.maximum(folded, x[whole:].amax(dim=0))
 
 
-def _rescale(old_shift: torch.Tensor, new_shift: torch.Tensor) -> torch.Tensor:
-    """exp(old - new) in float64, the factor that moves sums to the new shift (1 where unset)."""
-    old, new = _zero_if_neg_inf(old_shift).double(), _zero_if_neg_inf(new_shift).double()
-    return torch.where(torch.isneginf(old_shift), torch.ones_like(old), torch.exp(old - new))
-
-
 def _zero_if_neg_inf(shift: torch.Tensor) -> torch.Tensor:
     """A line that is all -inf (no path at all) gets shift 0, so that nothing becomes NaN."""
     return torch.where(torch.isneginf(shift), torch.zeros_like(shift), shift)
@@ -285,11 +296,12 @@ def _full_precision_matmul() -> Iterator[None]:
 
 @contextlib.contextmanager
 def _flush_denormals(device: torch.device) -> Iterator[None]:
-    """Treat subnormal floats as zero on the CPU for the call.
+    """Treat subnormal floats as zero on the CPU's calling thread for the call.
 
-    Factors far below their shift underflow into the subnormal range, where x86 arithmetic is
-    up to a hundred times slower. Flushing them changes each term by less than the smallest
-    normal number, which the underflow guard already accounts for.
+    Products of two small factors can be subnormal, where x86 arithmetic can be up to a hundred
+    times slower. Flushing them changes each term by less than the smallest normal number,
+    which the underflow guard already accounts for. (It does not reach torch's worker
+    threads, which is why the factors themselves are clamped to normal numbers.)
     """
     if device.type != "cpu" or not torch.set_flush_denormal(True):
         yield
