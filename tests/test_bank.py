@@ -436,6 +436,8 @@ def test_auto_index_and_an_unknown_factory(tmp_path):
     from ucl_cli.bank.search_index import choose_factory
 
     assert choose_factory("auto", 1000) == "Flat"
+    assert choose_factory("auto", 100_000) == "Flat"
+    assert choose_factory("auto", 1_000_000) == "IVF4096,Flat"
     assert choose_factory("auto", 4_000_000) == "IVF8192,Flat"
     with pytest.raises(UsageError, match="FAISS cannot build index 'Nonsense'"):
         index_items(

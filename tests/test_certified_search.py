@@ -30,7 +30,8 @@ def ivf_index(bank: np.ndarray, nlist: int) -> faiss.Index:
 def test_ivf_ceiling_bounds_every_row_the_search_did_not_return(nprobe):
     bank, queries = clustered_bank()
     search = CertifiedNearest(ivf_index(bank, 16), bank, nprobe=nprobe)
-    values, rows, ceiling = search(queries, 10)
+    found = search(queries, 10)
+    values, rows, ceiling = found.values, found.rows, found.ceiling
     exact = queries @ bank.T
     for q in range(len(queries)):
         unreturned = np.setdiff1d(np.arange(len(bank)), rows[q])
@@ -41,7 +42,8 @@ def test_ivf_ceiling_bounds_every_row_the_search_did_not_return(nprobe):
 def test_visiting_every_list_gives_the_exact_tth_value():
     bank, queries = clustered_bank()
     search = CertifiedNearest(ivf_index(bank, 16), bank, nprobe=16)
-    values, _, ceiling = search(queries, 10)
+    found = search(queries, 10)
+    values, ceiling = found.values, found.ceiling
     true_tenth = np.sort(queries @ bank.T, axis=1)[:, -10]
     np.testing.assert_allclose(values[:, -1], true_tenth, atol=1e-5)
     np.testing.assert_allclose(ceiling, true_tenth, atol=2e-5)
@@ -51,7 +53,129 @@ def test_flat_index_ceiling_is_the_tth_value():
     bank, queries = clustered_bank(rows=500)
     index = faiss.IndexFlatIP(bank.shape[1])
     index.add(bank)
-    _, rows, ceiling = CertifiedNearest(index, bank)(queries, 7)
+    search = CertifiedNearest(index, bank)
+    found = search(queries, 7)
+    rows, ceiling = found.rows, found.ceiling
     true_seventh = np.sort(queries @ bank.T, axis=1)[:, -7]
     np.testing.assert_allclose(ceiling, true_seventh, atol=2e-5)
     assert rows.shape == (len(queries), 7)
+    groups, count = search.row_groups()
+    assert count == 1 and not groups.any()  # one group: the whole bank
+    np.testing.assert_allclose(found.group_ceiling[:, 0], ceiling)
+
+
+@pytest.mark.parametrize("nprobe", [1, 3])
+def test_per_list_ceilings_bound_every_unreturned_row_of_their_list(nprobe):
+    bank, queries = clustered_bank()
+    search = CertifiedNearest(ivf_index(bank, 16), bank, nprobe=nprobe)
+    found = search(queries, 10)
+    groups, count = search.row_groups()
+    assert count == 16 and found.group_ceiling.shape == (len(queries), 16)
+    exact = queries @ bank.T
+    for q in range(len(queries)):
+        unreturned = np.setdiff1d(np.arange(len(bank)), found.rows[q])
+        for j in range(count):
+            members = unreturned[groups[unreturned] == j]
+            if len(members):
+                assert exact[q, members].max() <= found.group_ceiling[q, j]
+    # The per-list ceilings are what the overall ceiling is the largest of.
+    np.testing.assert_allclose(found.group_ceiling.max(axis=1), found.ceiling)
+
+
+def test_row_groups_are_the_ivf_lists():
+    bank, _ = clustered_bank(rows=1000)
+    index = ivf_index(bank, 8)
+    groups, count = CertifiedNearest(index, bank).row_groups()
+    _, assigned = index.quantizer.search(bank, 1)
+    assert count == 8
+    np.testing.assert_array_equal(groups, assigned[:, 0])
+
+
+def test_too_few_rows_in_the_visited_lists_visits_more_lists():
+    # FAISS pads with row -1 when the visited lists hold fewer than T rows; a -1 would index
+    # the last bank row downstream. The search widens until T real rows are found.
+    bank, queries = clustered_bank(rows=2000)
+    index = ivf_index(bank, 16)
+    faiss.extract_index_ivf(index).nprobe = 2
+    found = CertifiedNearest(index, bank, nprobe=1)(queries, 1500)
+    assert (found.rows >= 0).all()
+    assert faiss.extract_index_ivf(index).nprobe == 2  # the index's own setting is untouched
+
+
+def test_the_scan_is_saved_and_reused_by_the_next_process(tmp_path, monkeypatch):
+    import ucl_cli.bridge.certified_search as certified
+
+    bank, queries = clustered_bank()
+    index = ivf_index(bank, 16)
+    cache = tmp_path / "scan.npz"
+    first = CertifiedNearest(index, bank, nprobe=2, scan_cache=cache)
+    expected = first(queries, 10)
+    assert cache.exists()
+
+    def no_rescan(*args):
+        raise AssertionError("the saved scan should have been used")
+
+    monkeypatch.setattr(certified, "_distances_to", no_rescan)
+    again = CertifiedNearest(index, bank, nprobe=2, scan_cache=cache)(queries, 10)
+    np.testing.assert_array_equal(again.group_ceiling, expected.group_ceiling)
+
+
+def test_a_damaged_or_mismatched_saved_scan_is_ignored(tmp_path):
+    bank, queries = clustered_bank()
+    index = ivf_index(bank, 16)
+    reference = CertifiedNearest(index, bank, nprobe=2)(queries, 10)
+    cache = tmp_path / "scan.npz"
+    for content in (b"not an npz file", None):
+        if content is None:  # a scan of another bank: wrong number of rows
+            np.savez(cache, groups=np.zeros(5, np.int32), distances=np.zeros(5))
+        else:
+            cache.write_bytes(content)
+        found = CertifiedNearest(index, bank, nprobe=2, scan_cache=cache)(queries, 10)
+        np.testing.assert_allclose(found.group_ceiling, reference.group_ceiling)
+
+
+def test_topk_certifies_the_exact_top10_through_an_ivf_index():
+    # Bank items in concepts; the query and 12 of 200 candidates share concept 0. The candidate
+    # side is searched through an IVF index visiting 4 of 64 lists; the bounds must contain
+    # the exact scores and certify the leading ranks, which must be the exact ones.
+    import torch
+
+    from ucl_cli.bridge.methods import BridgeSide, lse_scores, topk_scores
+
+    rng = np.random.default_rng(3)
+    rows, dim, concepts = 20_000, 32, 40
+    assign = rng.integers(concepts, size=rows)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    centres_a, centres_b = unit(rng.standard_normal((2, concepts, dim)).reshape(-1, dim)).reshape(
+        2, concepts, dim
+    )
+    bank_a = unit(centres_a[assign] + 0.15 * rng.standard_normal((rows, dim)))
+    bank_b = unit(centres_b[assign] + 0.15 * rng.standard_normal((rows, dim)))
+    query = unit(centres_a[[0]] + 0.2 * rng.standard_normal((1, dim)))
+    kinds = np.concatenate([np.zeros(12, int), rng.integers(1, concepts, 188)])
+    candidates = unit(centres_b[kinds] + 0.2 * rng.standard_normal((200, dim)))
+    search = CertifiedNearest(ivf_index(bank_b, 64), bank_b, nprobe=4)
+    left, right = BridgeSide(bank_a, 30.0), BridgeSide(bank_b, 30.0, search)
+
+    exact = lse_scores(query, candidates, left, right)
+    approx = topk_scores(query, candidates, left, right, top=10, start_t=16)
+    assert (approx.lower <= exact.values + 1e-3).all()
+    assert (exact.values <= approx.upper + 1e-3).all()
+    leading = int(approx.certified.int().cumprod(dim=1).sum())
+    assert leading >= 10
+    assert torch.equal(approx.order[0, :leading], exact.order[0, :leading])
+
+
+@pytest.mark.parametrize("factory", ["HNSW16", "IVF4,PQ4"])
+def test_an_index_whose_search_cannot_be_certified_is_refused(factory):
+    from ucl_cli.errors import UsageError
+
+    bank, _ = clustered_bank(rows=400)
+    index = faiss.index_factory(bank.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    index.train(bank)
+    index.add(bank)
+    with pytest.raises(UsageError, match="topk cannot certify a search through"):
+        CertifiedNearest(index, bank)

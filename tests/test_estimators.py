@@ -25,7 +25,10 @@ from ucl_cli.estimators import (
 )
 from ucl_cli.estimators.explain import effective_sample_size, explain_pairs
 from ucl_cli.estimators.topk import (
+    GroupedRest,
+    TopEntries,
     certify_ranking,
+    rest_logmass,
     top_entries,
     topk_bounds_from_matrices,
     topk_bridge_bounds,
@@ -258,6 +261,85 @@ def test_bounds_contain_the_exact_score(matrices, t):
     bounds = topk_bounds_from_matrices(left, right, t)
     assert (bounds.lower <= exact + 1e-9).all()
     assert (bounds.upper >= exact - 1e-9).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(score_matrices(max_m=300, max_k=8), st.integers(1, 40))
+def test_bounds_from_the_exact_query_mass_contain_the_exact_score(matrices, t):
+    left, right = matrices
+    exact = brute_force(left, right)
+    plain = topk_bounds_from_matrices(left, right, t)
+    bounds = topk_bounds_from_matrices(left, right, t, exact_left=True)
+    assert (bounds.lower <= exact + 1e-9).all()
+    assert (bounds.upper >= exact - 1e-9).all()
+    assert (bounds.upper <= plain.upper + 1e-12).all()  # never looser than the ceiling bound
+
+
+def test_rest_logmass_is_the_exact_mass_outside_the_listed_rows_per_group():
+    left = torch.tensor([[3.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    listed = torch.tensor([[0, 2], [1, 3]])
+    whole = torch.tensor([[math.log(math.e + 1.0)], [math.log(2.0)]], dtype=torch.float64)
+    assert torch.allclose(rest_logmass(left, listed), whole)
+    groups = torch.tensor([0, 0, 1, 1])  # rows 0, 1 in group 0; rows 2, 3 in group 1
+    per_group = rest_logmass(left, listed, groups, 2)
+    assert torch.allclose(per_group, torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(score_matrices(max_m=300, max_k=8), st.integers(1, 40), st.integers(1, 5))
+def test_grouped_rest_bounds_contain_the_exact_score(matrices, t, num_groups):
+    # Groups of bank rows (an IVF index's lists), each with the candidate's exact ceiling over
+    # its rows outside the candidate's top list, paired with the query's mass in the group.
+    left, right = matrices
+    bank = left.shape[1]
+    groups = torch.arange(bank) % num_groups
+    left_top, right_top = top_entries(left, t), top_entries(right.T, t)
+    ceiling = torch.full((right.shape[1], num_groups), -math.inf, dtype=right.dtype)
+    for k in range(right.shape[1]):
+        outside = torch.ones(bank, dtype=torch.bool)
+        outside[right_top.indices[k]] = False
+        for g in range(num_groups):
+            members = outside & (groups == g)
+            if members.any():
+                ceiling[k, g] = right[members, k].max()
+    rest = GroupedRest(((rest_logmass(left, left_top.indices, groups, num_groups), ceiling),))
+    # A second way: a per-row allowance a_m = max over candidates of right[m, :] folded into
+    # the query's mass, against a ceiling of 0 for every candidate and group.
+    allowance = right.max(dim=1).values
+    shifted = rest_logmass(left + allowance[None, :], left_top.indices, groups, num_groups)
+    base = torch.zeros(right.shape[1], num_groups, dtype=right.dtype)
+    both = GroupedRest((*rest.ways, (shifted, base)))
+    cross = (right[left_top.indices], left[:, right_top.indices])
+    exact = brute_force(left, right)
+    for grouped in (rest, both):
+        bounds = topk_bridge_bounds(left_top, right_top, *cross, bank, rest=grouped)
+        assert (bounds.lower <= exact + 1e-9).all()
+        assert (bounds.upper >= exact - 1e-9).all()
+
+
+def test_a_concentrated_query_certifies_where_the_ceiling_bound_cannot():
+    # A million-row bank at CLIP scale: the query's mass sits on its 50 nearest rows (cosine
+    # 0.9 vs 0.1 elsewhere), so the unknown rows carry a negligible share of it, although the
+    # candidates' own ceilings (cosine 1: the vacuous IVF bound) are as high as can be.
+    generator = torch.Generator().manual_seed(8)
+    bank, candidates, near = 1_000_000, 20, 50
+    left = torch.full((1, bank), 10.0, dtype=torch.float64)
+    left[0, :near] = 90.0
+    right = torch.rand(bank, candidates, generator=generator, dtype=torch.float64) * 10
+    right[:near] = torch.linspace(10, 90, candidates, dtype=torch.float64)  # a clear order
+    left_top = top_entries(left, near)
+    right_top = TopEntries(
+        *right.T.topk(near, dim=1), ceiling=torch.full((candidates,), 100.0, dtype=torch.float64)
+    )
+    cross = (right[left_top.indices], left[:, right_top.indices])
+    loose = topk_bridge_bounds(left_top, right_top, *cross, bank)
+    rest = GroupedRest(((rest_logmass(left, left_top.indices), right_top.ceiling[:, None]),))
+    tight = topk_bridge_bounds(left_top, right_top, *cross, bank, rest=rest)
+    assert not certify_ranking(loose).certified.any()
+    ranking = certify_ranking(tight)
+    assert ranking.leading_certified()[0] >= 10  # the top 10 are proven ...
+    exact_order = brute_force(left, right)[0].argsort(descending=True)
+    assert torch.equal(ranking.order[0, :10], exact_order[:10])  # ... and are the exact ones
 
 
 def test_cosine_floor_tightens_the_lower_bound():

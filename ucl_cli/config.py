@@ -27,6 +27,12 @@ def cache_path() -> Path:
     return ucl_home() / "embeddings.sqlite"
 
 
+def index_bounds_dir() -> Path:
+    """Per-row IVF list and centroid distance of each bank index (for `topk`'s certificates),
+    one file per index content hash: derived data, safe to delete."""
+    return ucl_home() / "index-bounds"
+
+
 def resolve_device(requested: str | None = None) -> str:
     """`auto` (the default, or `UCL_DEVICE`) picks CUDA when torch sees a GPU, else CPU."""
     choice = (requested or os.environ.get("UCL_DEVICE") or "auto").lower()

@@ -21,7 +21,10 @@ from ucl_cli.errors import BankError, UsageError
 if TYPE_CHECKING:
     import faiss
 
-FLAT_LIMIT = 1_000_000
+# Past this many rows `auto` builds an inverted file: `ucl query --method topk` then searches
+# a few lists per candidate instead of every row (with a Flat index its search costs as much as
+# the exact `lse`), and the lists' geometry certifies the rows it skipped.
+FLAT_LIMIT = 100_000
 # FAISS wants at least 39 training points per list; a sample of 40 per list bounds the memory
 # training takes (about 330 MiB for 4,096 lists of 512-dim vectors) whatever the bank size.
 TRAIN_POINTS_PER_LIST = 40

@@ -110,6 +110,11 @@ class Bank:
             self._indexes[position] = index
         return self._indexes[position]
 
+    def index_sha256(self, model: ModelRef) -> str | None:
+        """The SHA-256 the manifest records for one model's index file (a content key)."""
+        record = self.manifest.files.get(self.manifest.index_files[self.position(model)])
+        return None if record is None else record.sha256
+
     def search(
         self, model: ModelRef, queries: np.ndarray, k: int, *, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:

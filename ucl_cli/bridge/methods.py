@@ -7,16 +7,17 @@ each critic value is scale * dot.
 
 - `lse`: the exact Monte Carlo bridge score (PAPER.md Lemma 1), streamed over bank chunks
   (each chunk is a shard; `combine_partials` joins them exactly).
-- `topk`: certified bounds from the T nearest bank rows of each query and each candidate (FAISS),
-  with T grown until the leading results are certified or a limit is reached.
+- `topk`: certified bounds from the T nearest bank rows of each query (exact, one pass) and of
+  each candidate (FAISS), with T grown until the leading results are certified or a limit is
+  reached.
 - `direct`: cosine between query and candidate, defined only when one model embeds both.
 - `caption`: the two-step baseline: the query's nearest bank text, then candidates by that text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,14 +31,20 @@ from ucl_cli.estimators import (
     topk_bridge_bounds,
 )
 from ucl_cli.estimators.explain import Explanation
-from ucl_cli.estimators.topk import TopEntries
+from ucl_cli.estimators.topk import GroupedRest, TopEntries, rest_logmass, top_entries
 
 # Bank rows scored per step: bounds memory at (N + K) * BANK_CHUNK floats whatever M is.
 BANK_CHUNK = 1 << 16
+# The first T of `topk`'s query side (exact, so a large T costs only a gather and a small
+# product); the candidates' side, through FAISS, starts at the caller's T.
+QUERY_T_START = 1024
 
-# (unit-norm vectors [R, d], T) -> (inner products [R, T], bank rows [R, T], ceiling [R]): a
-# search that also bounds every row it did not return (see certified_search.CertifiedNearest).
-NearestRows = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+if TYPE_CHECKING:  # FAISS is imported only by the methods that search
+    from ucl_cli.bridge.certified_search import CertifiedNearest, LazyNearest, Neighbours
+
+    # A search over one side's bank that also bounds every row it did not return, overall and
+    # per group of rows (see certified_search).
+    NearestRows = CertifiedNearest | LazyNearest
 
 
 @dataclass(frozen=True)
@@ -46,7 +53,7 @@ class BridgeSide:
 
     bank: np.ndarray  # [M, d], float32 unit-norm rows (may be a memory map)
     scale: float
-    nearest: NearestRows | None = None  # FAISS search over `bank`, for `topk`
+    nearest: NearestRows | None = None  # FAISS search over `bank`, for `topk`'s candidate side
 
 
 @dataclass(frozen=True)
@@ -93,63 +100,74 @@ def topk_scores(
     max_t: int = 8192,
     device: str = "cpu",
 ) -> Scores:
-    """Certified top-T bounds; T grows 4x until the first `top` positions are certified, T
-    reaches `max_t`, or growing T stopped helping (no more positions certified than before:
-    then the ceiling of the rows never visited, not T, is what keeps the bounds apart)."""
-    if query_side.nearest is None or candidate_side.nearest is None:
-        raise UsageError("the topk method needs a nearest-neighbour index on both bank sides")
-    bank_size = len(query_side.bank)
+    """Certified top-T bounds; the queries' T grows 4x until the first `top` positions are
+    certified, T reaches `max_t`, or growing T stopped helping (no more positions certified
+    and the widest leading bound not even halved).
+
+    The query side is computed exactly, in one pass over the bank (N queries are few; this is
+    the cheap side of the bridge): its top T rows, and the exact mass of its row outside them
+    in each IVF list, which bounds the unknown part of the sum (`GroupedRest`). The candidate
+    side, thousands of candidates, goes through the FAISS index: each candidate's T nearest bank
+    rows and certified ceilings on every other row, per list.
+    """
+    if candidate_side.nearest is None:
+        raise UsageError("the topk method needs a nearest-neighbour index on the candidate side")
+    left = _full_left(_tensor(queries, device), query_side, device)  # [N, M]
+    bank_size = left.shape[1]
     needed = min(top, candidates.shape[0])
-    t = min(start_t, bank_size)
-    previous = -1
+    # The candidates' side is searched once, with T = start_t: their top lists and ceilings
+    # per list. Only the query side's T grows (cheap: a top-k over rows already computed, so
+    # it starts larger); the per-row bounds of `_grouped_rest` keep the candidates' unvisited
+    # rows in check.
+    found = candidate_side.nearest(candidates, min(start_t, bank_size))
+    t = min(max(start_t, QUERY_T_START), max_t, bank_size)
+    previous: tuple[int, float] | None = None
     while True:
-        scores = _bounded_scores(queries, candidates, query_side, candidate_side, t, device)
+        scores = _bounded_scores(left, candidates, found, query_side, candidate_side, t, device)
         leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
-        if (
-            leading >= needed
-            or t >= min(max_t, bank_size)
-            or (previous >= 0 and leading <= previous)
-        ):
+        width = _leading_width(scores, needed)
+        if leading >= needed or t >= min(max_t, bank_size):
             return scores
-        previous = leading
+        if previous is not None and leading <= previous[0] and width > 0.5 * previous[1]:
+            return scores  # a larger T no longer tightens the bounds: the ceilings dominate
+        previous = (leading, width)
         t = min(t * 4, max_t, bank_size)
 
 
+def _leading_width(scores: Scores, needed: int) -> float:
+    """The widest bound among the first `needed` positions of any query (nats)."""
+    width = (scores.upper - scores.lower).gather(1, scores.order[:, :needed])
+    return float(width.max()) if width.numel() else 0.0
+
+
 def _bounded_scores(
-    queries: np.ndarray,
+    left: torch.Tensor,
     candidates: np.ndarray,
+    found: Neighbours,
     query_side: BridgeSide,
     candidate_side: BridgeSide,
     t: int,
     device: str,
 ) -> Scores:
-    left_values, left_rows, left_ceiling = query_side.nearest(queries, t)  # [N, T]
-    right_values, right_rows, right_ceiling = candidate_side.nearest(candidates, t)  # [K, T]
-    q = _tensor(queries, device)
+    left_top = top_entries(left, t)  # exact: the T-th value bounds every other row
+    scale = candidate_side.scale
+    right_top = _scaled_top(found.values, found.rows, found.ceiling, scale, device)
     c = _tensor(candidates, device)
-    left_top = _scaled_top(left_values, left_rows, left_ceiling, query_side.scale, device)
-    right_top = _scaled_top(right_values, right_rows, right_ceiling, candidate_side.scale, device)
-    # right[I_n[t], k] from the N*T gathered bank rows; left[n, J_k[t]] from the K*T gathered
-    # rows, or, when that is more rows than the bank holds, from one pass of q over the bank.
-    query_bank_rows = _tensor(candidate_side.bank[np.asarray(left_rows).reshape(-1)], device)
-    right_at_left_top = candidate_side.scale * (query_bank_rows @ c.T).reshape(*left_rows.shape, -1)
-    right_rows_t = torch.as_tensor(np.asarray(right_rows), device=device)
-    if right_rows_t.numel() > len(query_side.bank):
-        left_full = _full_left(q, query_side, device)  # [N, M]
-        left_at_right_top = left_full[:, right_rows_t]  # [N, K, T]
-    else:
-        candidate_bank_rows = _tensor(query_side.bank[np.asarray(right_rows).reshape(-1)], device)
-        left_at_right_top = query_side.scale * (q @ candidate_bank_rows.T).reshape(
-            q.shape[0], *right_rows.shape
-        )
+    # right[I_n[t], k]: the N*T bank rows of the queries' top lists against every candidate.
+    listed = left_top.indices.reshape(-1).cpu().numpy()
+    query_bank_rows = _tensor(candidate_side.bank[listed], device)
+    right_at_left_top = scale * (query_bank_rows @ c.T).reshape(*left_top.indices.shape, -1)
+    left_at_right_top = left[:, right_top.indices]  # [N, K, T]
+    rest = _grouped_rest(left, left_top.indices, found, candidate_side, candidates, device)
     bounds = topk_bridge_bounds(
         left_top,
         right_top,
         right_at_left_top,
         left_at_right_top,
-        len(query_side.bank),
+        bank_size=left.shape[1],
         left_floor=-query_side.scale,  # cosine >= -1
         right_floor=-candidate_side.scale,
+        rest=rest,
     )
     ranking = certify_ranking(bounds)
     return Scores(
@@ -161,12 +179,51 @@ def _bounded_scores(
     )
 
 
+def _grouped_rest(
+    left: torch.Tensor,
+    listed: torch.Tensor,
+    found: Neighbours,
+    candidate_side: BridgeSide,
+    candidates: np.ndarray,
+    device: str,
+) -> GroupedRest:
+    """The unknown bank rows, by IVF list of the candidate side's index, bounded two ways: each
+    query's exact mass in the list times the candidate's ceiling there, and (IVF only) the
+    query's mass with each row's distance to its centroid folded in times s2 <y_k, c_g>."""
+    scale = candidate_side.scale
+    groups, num_groups = candidate_side.nearest.row_groups()
+    groups = torch.as_tensor(groups, device=device)
+    ways = [
+        (
+            rest_logmass(left, listed, groups, num_groups),
+            torch.as_tensor(found.group_ceiling * scale, device=device),
+        )
+    ]
+    distances = candidate_side.nearest.row_distances()
+    if found.centroid_products is not None and distances is not None:
+        # <y, x_m> <= <y, c_g> + ||y|| d_m; ||y|| <= the largest candidate norm (1 for unit rows).
+        allowance = scale * float(np.linalg.norm(candidates, axis=1).max()) * distances
+        allowance = torch.as_tensor(allowance, dtype=torch.float64, device=device)
+        spread_mass = rest_logmass(left.double() + allowance[None, :], listed, groups, num_groups)
+        centre = torch.as_tensor(found.centroid_products * scale, device=device)
+        ways.append((spread_mass, centre))
+    return GroupedRest(tuple(ways))
+
+
 def _full_left(q: torch.Tensor, side: BridgeSide, device: str) -> torch.Tensor:
-    """scale * <q, bank row> for every bank row, [N, M], copying one chunk of the (memory-mapped)
-    bank at a time instead of the whole matrix."""
+    """scale * <q, bank row> for every bank row, [N, M], one chunk of the (memory-mapped) bank
+    at a time: on CPU straight from the map (NumPy reads a read-only map without a copy), on a
+    GPU copied over chunk by chunk instead of the whole matrix."""
+    bank = side.bank
+    if q.device.type == "cpu" and isinstance(bank, np.ndarray) and bank.dtype == np.float32:
+        queries = q.numpy()
+        out = np.empty((q.shape[0], len(bank)), dtype=np.float32)
+        for m0 in range(0, len(bank), BANK_CHUNK):
+            chunk = bank[m0 : m0 + BANK_CHUNK]
+            out[:, m0 : m0 + len(chunk)] = queries @ chunk.T
+        return side.scale * torch.from_numpy(out)
     parts = [
-        q @ _tensor(side.bank[m0 : m0 + BANK_CHUNK], device).T
-        for m0 in range(0, len(side.bank), BANK_CHUNK)
+        q @ _tensor(bank[m0 : m0 + BANK_CHUNK], device).T for m0 in range(0, len(bank), BANK_CHUNK)
     ]
     return side.scale * torch.cat(parts, dim=1)
 

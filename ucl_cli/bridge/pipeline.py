@@ -17,8 +17,8 @@ import numpy as np
 
 from ucl_cli.bank import Bank
 from ucl_cli.bridge import methods
-from ucl_cli.bridge.certified_search import CertifiedNearest
 from ucl_cli.bridge.methods import BridgeSide, Scores
+from ucl_cli.bridge.sides import bank_side
 from ucl_cli.cache import EmbeddingCache, embed_files
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
@@ -184,8 +184,8 @@ def _search_one_direction(
     if not kept_candidates:
         raise UsageError("every candidate file was skipped: nothing to rank")
     report.candidates = len(kept_candidates)
-    query_side = _side(bank, query_model)
-    candidate_side = _side(bank, candidate_model)
+    query_side = bank_side(bank, query_model, None)
+    candidate_side = bank_side(bank, candidate_model, None)
     scores = _score(
         query_embeddings.vectors,
         candidate_embeddings.vectors,
@@ -365,12 +365,6 @@ def encoder_for(encoders: Sequence[Encoder], modality: Modality, bridge: Modalit
     raise UsageError(
         f"no model embeds both {modality.value} and the bank's {bridge.value}: have {have}"
     )
-
-
-def _side(bank: Bank, encoder: Encoder) -> BridgeSide:
-    vectors = bank.vectors(encoder.key)
-    nearest = CertifiedNearest(bank.index(encoder.key), vectors)
-    return BridgeSide(vectors, encoder.logit_scale, nearest)
 
 
 def _caption(scores: Scores, bank: Bank, n: int) -> str | None:

@@ -1,4 +1,5 @@
-"""`ucl cache info` and `ucl cache clear [--model KEY]`: look at and empty the embedding cache.
+"""`ucl cache info` and `ucl cache clear [--model KEY]`: look at and empty the embedding cache
+(and, clearing everything, the index scans that `ucl query --method topk` saves).
 
 Results (the table) go to stdout, messages to stderr. The cache module is imported inside the
 commands so that `ucl --help` stays fast.
@@ -63,11 +64,15 @@ def clear(
         None, "--model", help="Remove only this model's vectors (its key); others are kept."
     ),
 ) -> None:
-    """Delete cached embeddings (all, or one model's); they are recomputed when next needed."""
+    """Delete cached embeddings (all, or one model's); they are recomputed when next needed.
+
+    Without --model, also delete the saved index scans that `--method topk` keeps."""
     from ucl_cli.cache import EmbeddingCache
 
     path = config.cache_path()
     messages = Console(stderr=True, highlight=False)
+    if model is None:
+        _clear_index_scans(messages)
     if not path.exists():
         messages.print(f"nothing to clear: no embedding cache at {escape(str(path))}")
         return
@@ -82,6 +87,15 @@ def clear(
         return
     scope = f" of {escape(model)}" if model is not None else ""
     messages.print(f"removed {removed:,} cached vectors{scope} from {escape(str(path))}")
+
+
+def _clear_index_scans(messages: Console) -> None:
+    scans = sorted(config.index_bounds_dir().glob("*.npz"))
+    for scan in scans:
+        scan.unlink(missing_ok=True)
+    if scans:
+        where = escape(str(config.index_bounds_dir()))
+        messages.print(f"removed {len(scans):,} saved index scans from {where}")
 
 
 def _size(count: int) -> str:

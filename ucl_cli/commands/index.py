@@ -84,7 +84,7 @@ def index(
         None,
         "--faiss-index",
         help="FAISS index_factory string, e.g. Flat, HNSW32, IVF4096,Flat (default: the bank's, "
-        "or auto: Flat up to 1M rows, IVF beyond).",
+        "or auto: Flat up to 100k rows, IVF beyond).",
         show_default=False,
     ),
     wait: bool = typer.Option(

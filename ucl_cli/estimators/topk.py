@@ -13,6 +13,22 @@ k), so with S = sum_m exp(left[n, m] + right[m, k]):
 bound to sum_U + (M - |U|) * exp(left_floor + right_floor). Both bounds are returned in the
 score's units (log, minus log M). They need only the top-T lists (from a FAISS search) and the
 critic values between the query and J_k and between I_n and the candidate, never the whole bank.
+
+The upper bound above charges every unknown row the ceiling of both sides. When the query side
+is computed exactly (a handful of queries against the bank is cheap next to thousands of
+candidates), the mass of each query's row outside its top list is known exactly, and so is how
+it splits over any partition of the bank into groups g (an IVF index's lists). With W[n, g] =
+sum_{m in g, m not in I_n} exp(left[n, m]) and C[k, g] a ceiling on right[m, k] over the rows
+of g outside J_k:
+
+    sum_{m not in U} exp(left[n, m] + right[m, k])  <=  sum_g W[n, g] * exp(C[k, g])
+
+(`GroupedRest`): the unknown rows carry their actual share of the query's mass instead of M
+times its T-th value. A group may be bounded in several ways and the smallest counts; e.g. for
+an IVF list with centroid c_g and row distances d_m = ||x_m - c_g||, Cauchy-Schwarz per row gives
+right[m, k] <= s2 <y_k, c_g> + s2 d_m, so W'[n, g] = sum exp(left[n, m] + s2 d_m) pairs with
+C'[k, g] = s2 <y_k, c_g>: one outlying row no longer loosens its whole list. The smaller of this
+and the plain upper bound is used.
 """
 
 from __future__ import annotations
@@ -23,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from ucl_cli.errors import UsageError
+from ucl_cli.estimators.bridge import partial_bridge_scores
 
 
 @dataclass(frozen=True)
@@ -42,6 +59,47 @@ class TopEntries:
         if self.ceiling is None:
             return self.values[:, -1]
         return torch.maximum(self.ceiling.to(self.values.dtype), self.values[:, -1])
+
+
+@dataclass(frozen=True)
+class GroupedRest:
+    """What is known about the bank rows outside the top lists, split into G groups.
+
+    `ways` holds one or more pairs (left_logmass [N, G], right_ceiling [K, G]), each a valid
+    bound: for every group g, query n and candidate k,
+
+        log sum_{m in g, m unknown} exp(left[n, m] + right[m, k])
+            <= log sum_{m in g, m unknown} exp(left_logmass[n, g] + right_ceiling[k, g])
+
+    i.e. left_logmass is the (log) mass of the query's row over the group's rows outside its top
+    list, possibly with a per-row allowance folded in, and right_ceiling bounds the candidate's
+    values (less that allowance) there. Per group the smallest way counts. Groups with no
+    unknown rows have left_logmass -inf.
+    """
+
+    ways: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+    def log_upper(self, n: int, k: int, *, chunk_elements: int = 1 << 24) -> torch.Tensor:
+        """[N, K] float64: log sum_g min over ways of exp(left_logmass + right_ceiling)."""
+        for left_mass, ceiling in self.ways:
+            if left_mass.shape[0] != n or ceiling.shape[0] != k:
+                raise UsageError(
+                    f"rest bounds must be left_logmass [N={n}, G] and right_ceiling [K={k}, G]; "
+                    f"got {tuple(left_mass.shape)} and {tuple(ceiling.shape)}"
+                )
+        if len(self.ways) == 1:  # a bridge sum over groups: one exp-space product
+            left_mass, ceiling = self.ways[0]
+            return partial_bridge_scores(left_mass.double(), ceiling.T.double()).lse
+        groups = self.ways[0][0].shape[1]
+        step = max(1, chunk_elements // max(1, n * groups))
+        parts = []
+        for k0 in range(0, k, step):
+            per_group = None
+            for left_mass, ceiling in self.ways:
+                way = left_mass.double()[:, None, :] + ceiling[k0 : k0 + step].double()[None]
+                per_group = way if per_group is None else torch.minimum(per_group, way)
+            parts.append(torch.logsumexp(per_group, dim=2))
+        return torch.cat(parts, dim=1)
 
 
 @dataclass(frozen=True)
@@ -93,6 +151,7 @@ def topk_bridge_bounds(
     *,
     left_floor: float = -math.inf,
     right_floor: float = -math.inf,
+    rest: GroupedRest | None = None,
 ) -> BridgeBounds:
     """Bounds on bridge_scores [N, K] from top-T lists.
 
@@ -101,6 +160,8 @@ def topk_bridge_bounds(
     right_at_left_top [N, T, K]: right[left_top.indices[n, t], k].
     left_at_right_top [N, K, T]: left[n, right_top.indices[k, t]].
     left_floor/right_floor: known minima of the critics (e.g. -scale for cosine), or -inf.
+    rest, optional: the query mass and candidate ceilings per group of the unknown rows
+      (`GroupedRest`, see `rest_logmass`); tightens the upper bound as the module explains.
     """
     n, t_left = left_top.values.shape
     k, t_right = right_top.values.shape
@@ -119,12 +180,15 @@ def topk_bridge_bounds(
     known = torch.logaddexp(through_query_top, through_candidate_top)
 
     union_size = t_left + (~already_counted).sum(dim=2)  # [N, K]
-    rest = (bank_size - union_size).to(known.dtype)
-    if bool((rest < 0).any()):
+    unknown_rows = (bank_size - union_size).to(known.dtype)
+    if bool((unknown_rows < 0).any()):
         raise UsageError(f"bank_size {bank_size} is smaller than the top lists it was given")
-    log_rest = torch.log(rest)  # -inf where every row is known: the bounds then coincide
-    ceiling = left_top.unlisted_ceiling()[:, None] + right_top.unlisted_ceiling()[None, :]
-    upper = torch.logaddexp(known, log_rest + ceiling)
+    log_rest = torch.log(unknown_rows)  # -inf where every row is known: the bounds coincide
+    right_ceiling = right_top.unlisted_ceiling()[None, :]
+    unknown = log_rest + left_top.unlisted_ceiling()[:, None] + right_ceiling
+    if rest is not None:
+        unknown = torch.minimum(unknown, rest.log_upper(n, k).to(known.dtype))
+    upper = torch.logaddexp(known, unknown)
     lower = torch.logaddexp(known, log_rest + (left_floor + right_floor))
     log_m = math.log(bank_size)
     return BridgeBounds(lower=lower - log_m, upper=upper - log_m)
@@ -137,8 +201,10 @@ def topk_bounds_from_matrices(
     *,
     left_floor: float = -math.inf,
     right_floor: float = -math.inf,
+    exact_left: bool = False,
 ) -> BridgeBounds:
-    """The same bounds computed from full left [N, M] and right [M, K] (tests, small banks)."""
+    """The same bounds computed from full left [N, M] and right [M, K] (tests, small banks);
+    with `exact_left`, also from each query's exact mass outside its top list."""
     left_top = top_entries(left, t)
     right_top = top_entries(right.T, t)
     right_at_left_top = right[left_top.indices]  # [N, T, K]
@@ -151,7 +217,45 @@ def topk_bounds_from_matrices(
         left.shape[1],
         left_floor=left_floor,
         right_floor=right_floor,
+        rest=_single_group_rest(left, right, left_top, right_top) if exact_left else None,
     )
+
+
+def _single_group_rest(
+    left: torch.Tensor, right: torch.Tensor, left_top: TopEntries, right_top: TopEntries
+) -> GroupedRest:
+    """The whole bank as one group: the query's exact rest mass and each candidate's T-th value."""
+    ceiling = right_top.unlisted_ceiling()[:, None]
+    return GroupedRest(((rest_logmass(left, left_top.indices), ceiling),))
+
+
+def rest_logmass(
+    left: torch.Tensor,
+    listed: torch.Tensor,
+    groups: torch.Tensor | None = None,
+    num_groups: int = 1,
+) -> torch.Tensor:
+    """[N, G] float64: log sum of exp(left[n, m]) over the rows m of each group outside
+    listed[n], exactly (a `GroupedRest` left_logmass). groups [M]: each row's group (default: all
+    in one).
+
+    Masked and summed, never subtracted from the total (which would cancel catastrophically when
+    the listed rows hold nearly all the mass); one query row at a time, in float64.
+    """
+    out = torch.full((left.shape[0], num_groups), -math.inf, dtype=torch.float64)
+    out = out.to(left.device)
+    for n, (values, indices) in enumerate(zip(left, listed, strict=True)):
+        row = values.double().index_fill(0, indices, -math.inf)
+        shift = row.max()
+        if not torch.isfinite(shift):
+            continue
+        weights = torch.exp(row - shift)
+        if groups is None:
+            out[n, 0] = torch.log(weights.sum()) + shift
+        else:
+            sums = torch.zeros(num_groups, dtype=torch.float64, device=left.device)
+            out[n] = torch.log(sums.index_add_(0, groups, weights)) + shift
+    return out
 
 
 def certify_ranking(bounds: BridgeBounds) -> CertifiedRanking:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ucl_cli.bank import Bank
 from ucl_cli.bridge.pipeline import encoder_for
+from ucl_cli.bridge.sides import bank_side
 from ucl_cli.cache import EmbeddingCache, embed_files
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
@@ -44,7 +45,6 @@ from ucl_cli.evaluation.scoring import (
     direct_scorer,
     measure_trials,
 )
-from ucl_cli.evaluation.sides import bank_side
 from ucl_cli.evaluation.trials import bank_sizes, draw_trials, sub_bank_rows
 from ucl_cli.modality import Modality
 

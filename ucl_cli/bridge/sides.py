@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ucl_cli import config
 from ucl_cli.bank import Bank
-from ucl_cli.bridge.certified_search import CertifiedNearest
+from ucl_cli.bridge.certified_search import DEFAULT_NPROBE, CertifiedNearest, LazyNearest
 from ucl_cli.bridge.methods import BridgeSide
 from ucl_cli.encoders.base import Encoder
 
@@ -18,14 +19,25 @@ from ucl_cli.encoders.base import Encoder
 def bank_side(bank: Bank, encoder: Encoder, rows: np.ndarray | None) -> BridgeSide:
     """The whole bank (memory-mapped, searched by its own FAISS index) when `rows` is None;
     otherwise those rows copied into memory with an exact inner-product index of their own.
-    Either search certifies the rows it did not return, as `topk` needs."""
+    Either search certifies the rows it did not return, as `topk` needs. The index is opened
+    (or built) on first search only: the other methods never read it."""
     if rows is None:
         vectors = bank.vectors(encoder.key)
-        nearest = CertifiedNearest(bank.index(encoder.key), vectors)
-        return BridgeSide(vectors, encoder.logit_scale, nearest)
+        digest = bank.index_sha256(encoder.key)
+        scan_cache = None if digest is None else config.index_bounds_dir() / f"{digest}.npz"
+
+        def search() -> CertifiedNearest:
+            index = bank.index(encoder.key)
+            return CertifiedNearest(index, vectors, DEFAULT_NPROBE, scan_cache)
+
+        return BridgeSide(vectors, encoder.logit_scale, LazyNearest(search))
+    matrix = np.ascontiguousarray(bank.vectors(encoder.key)[rows], dtype=np.float32)
+    return BridgeSide(matrix, encoder.logit_scale, LazyNearest(lambda: _flat_search(matrix)))
+
+
+def _flat_search(matrix: np.ndarray) -> CertifiedNearest:
     import faiss
 
-    matrix = np.ascontiguousarray(bank.vectors(encoder.key)[rows], dtype=np.float32)
     index = faiss.IndexFlatIP(matrix.shape[1])
     index.add(matrix)
-    return BridgeSide(matrix, encoder.logit_scale, CertifiedNearest(index, matrix))
+    return CertifiedNearest(index, matrix)
