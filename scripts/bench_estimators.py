@@ -10,7 +10,11 @@ peak extra memory of:
 and the error of each exact method against a float64 streamed reference. Critic values are
 scale * u with u ~ U(-1, 1), so the row and column maxima are far apart (a hard case).
 
-Ratios are what matter: the methods run in the same process on the same inputs.
+Ratios are what matter: the methods run in the same process on the same inputs. On CPU the peak
+memory is measured in a child process whose allocator returns every large block to the system
+(so that peaks cannot hide in memory freed earlier); the times come from this process, with the
+ordinary allocator that a user's process has (the child's setting puts page faults in every
+allocation).
 
     python scripts/bench_estimators.py                      # the issue's table (a few minutes)
     python scripts/bench_estimators.py --quick              # small shapes only
@@ -23,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -94,28 +99,26 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> f
     return best
 
 
-def run_case(shape, scale, device, repeats, naive_limit_bytes, log) -> dict:
+def case_key(shape, scale) -> str:
+    return f"{shape[0]},{shape[1]},{shape[2]},{scale:g}"
+
+
+def run_case(shape, scale, device, repeats, naive_limit_bytes, log, peaks=None) -> dict:
+    """Time every method (and measure its peak memory unless `peaks` has it already)."""
     n, bank, k = shape
     generator = torch.Generator().manual_seed(0)
     left = ((torch.rand(n, bank, generator=generator) * 2 - 1) * scale).to(device)
     right = ((torch.rand(bank, k, generator=generator) * 2 - 1) * scale).to(device)
     reference = streamed_logaddexp(left.double(), right.double())
     inputs_bytes = (left.numel() + right.numel()) * 4
-    methods: dict[str, Callable[[], torch.Tensor]] = {
-        "matmul": lambda: left @ right,
-        "bridge": lambda: bridge_scores(left, right),
-        "streamed": lambda: streamed_logaddexp(left, right),
-    }
-    if n * bank * k * 4 * 2 <= naive_limit_bytes:
-        methods["naive"] = lambda: naive_broadcast(left, right)
-    top = min(100, bank)
-    methods["topk"] = lambda: topk_bounds_from_matrices(
-        left, right, top, left_floor=-scale, right_floor=-scale
-    )
+    methods = case_methods(left, right, scale, naive_limit_bytes)
     memory = PeakMemory(device)
     row = {"N": n, "M": bank, "K": k, "scale": scale, "inputs_bytes": inputs_bytes}
     for name, fn in methods.items():
-        out, peak = memory.measure(fn)
+        if peaks is None:
+            out, peak = memory.measure(fn)
+        else:
+            out, peak = fn(), peaks[name]
         slow = name in ("streamed", "naive") and bank * n * k >= 10**8
         seconds = best_time(fn, device, 1 if slow else repeats)
         row[f"{name}_s"] = seconds
@@ -135,6 +138,51 @@ def run_case(shape, scale, device, repeats, naive_limit_bytes, log) -> dict:
         log(f"  {name:8s} {seconds * 1e3:10.1f} ms  peak {peak / 2**20:9.1f} MiB")
     row["tolerance"] = 1e-6 * (1 + 2 * scale)
     return row
+
+
+def case_methods(left, right, scale, naive_limit_bytes) -> dict[str, Callable[[], object]]:
+    n, bank = left.shape
+    k = right.shape[1]
+    methods: dict[str, Callable[[], object]] = {
+        "matmul": lambda: left @ right,
+        "bridge": lambda: bridge_scores(left, right),
+        "streamed": lambda: streamed_logaddexp(left, right),
+    }
+    if n * bank * k * 4 * 2 <= naive_limit_bytes:
+        methods["naive"] = lambda: naive_broadcast(left, right)
+    top = min(100, bank)
+    methods["topk"] = lambda: topk_bounds_from_matrices(
+        left, right, top, left_floor=-scale, right_floor=-scale
+    )
+    return methods
+
+
+def measure_peaks(shapes, naive_limit_bytes) -> dict[str, dict[str, int]]:
+    """Run in the child (honest allocator): each method once per case, its peak extra RSS."""
+    peaks = {}
+    memory = PeakMemory(torch.device("cpu"))
+    # Warm up first (thread pool, allocator arenas), or the first case is charged for them.
+    small = torch.rand(4, 2048), torch.rand(2048, 4)
+    for fn in case_methods(*small, 1.0, naive_limit_bytes).values():
+        fn()
+    for shape in shapes:
+        for scale in SCALES:
+            generator = torch.Generator().manual_seed(0)
+            left = (torch.rand(shape[0], shape[1], generator=generator) * 2 - 1) * scale
+            right = (torch.rand(shape[1], shape[2], generator=generator) * 2 - 1) * scale
+            methods = case_methods(left, right, scale, naive_limit_bytes)
+            peaks[case_key(shape, scale)] = {
+                name: memory.measure(fn)[1] for name, fn in methods.items()
+            }
+    return peaks
+
+
+def peaks_from_child(argv: list[str]) -> dict[str, dict[str, int]]:
+    """This script again, in a child whose allocator returns every large block on free."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-child"]
+    done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout)
 
 
 def ratio(row: dict, a: str, b: str) -> str:
@@ -172,16 +220,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _reexec_with_honest_malloc() -> None:
-    """glibc raises its mmap threshold after big frees, so freed blocks stay resident and later
-    peaks hide in them; a fixed threshold returns every large block to the OS on free."""
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
-
-
 def main() -> None:
-    _reexec_with_honest_malloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes only")
@@ -189,21 +228,30 @@ def main() -> None:
     parser.add_argument("--naive-limit-gb", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--out", type=Path, help="write every measurement as JSON")
+    parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    limit = args.naive_limit_gb * 2**30
+    if args.memory_child:
+        print(json.dumps(measure_peaks(shapes, limit)))
+        return
 
     def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    all_peaks = None
+    if device.type == "cpu":
+        log("measuring peak memory in a child process ...")
+        all_peaks = peaks_from_child(sys.argv[1:])
     rows = []
-    for shape in QUICK_SHAPES if args.quick else SHAPES:
+    for shape in shapes:
         for scale in SCALES:
             log(f"N, M, K = {shape}, scale {scale:g}")
-            rows.append(
-                run_case(shape, scale, device, args.repeats, args.naive_limit_gb * 2**30, log)
-            )
+            peaks = None if all_peaks is None else all_peaks[case_key(shape, scale)]
+            rows.append(run_case(shape, scale, device, args.repeats, limit, log, peaks))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     header = (
         f"device: {device} ({name}, {torch.get_num_threads()} threads), torch {torch.__version__}"

@@ -306,7 +306,7 @@ def test_grouped_rest_bounds_contain_the_exact_score(matrices, t, num_groups):
     # A second way: a per-row allowance a_m = max over candidates of right[m, :] folded into
     # the query's mass, against a ceiling of 0 for every candidate and group.
     allowance = right.max(dim=1).values
-    shifted = rest_logmass(left + allowance[None, :], left_top.indices, groups, num_groups)
+    shifted = rest_logmass(left, left_top.indices, groups, num_groups, allowance)
     base = torch.zeros(right.shape[1], num_groups, dtype=right.dtype)
     both = GroupedRest((*rest.ways, (shifted, base)))
     cross = (right[left_top.indices], left[:, right_top.indices])

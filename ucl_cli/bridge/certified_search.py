@@ -30,9 +30,10 @@ import numpy as np
 
 # Slack for float32 rounding in FAISS's inner products (unit vectors: |error| << 1e-5).
 ROUNDING_SLACK = 1e-5
-# IVF lists a `topk` search visits per vector unless told otherwise: enough to cover a
-# candidate's own neighbourhood, whose rows the per-row bounds would otherwise overcharge.
-DEFAULT_NPROBE = 16
+# IVF lists a `topk` search first visits per candidate (more, 4x at a time, for just the
+# candidates whose bounds block the result): enough to cover most candidates' own
+# neighbourhood, whose rows the per-row bounds would otherwise overcharge.
+DEFAULT_NPROBE = 8
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,24 @@ class Neighbours:
     group_ceiling: np.ndarray
     centroid_products: np.ndarray | None = None
 
+    def with_rows(self, which: np.ndarray, other: Neighbours) -> Neighbours:
+        """These results with rows `which` replaced by `other`'s (a wider search of them)."""
+
+        def merged(mine: np.ndarray | None, theirs: np.ndarray | None) -> np.ndarray | None:
+            if mine is None or theirs is None:
+                return None
+            out = mine.copy()
+            out[which] = theirs
+            return out
+
+        return Neighbours(
+            merged(self.values, other.values),
+            merged(self.rows, other.rows),
+            merged(self.ceiling, other.ceiling),
+            merged(self.group_ceiling, other.group_ceiling),
+            merged(self.centroid_products, other.centroid_products),
+        )
+
 
 @dataclass
 class CertifiedNearest:
@@ -72,7 +91,8 @@ class CertifiedNearest:
     def __post_init__(self) -> None:
         _require_certifiable(self.index)
 
-    def __call__(self, queries: np.ndarray, t: int) -> Neighbours:
+    def __call__(self, queries: np.ndarray, t: int, nprobe: int | None = None) -> Neighbours:
+        """The T nearest rows of each vector, visiting `nprobe` lists (default: the search's)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         t = min(t, self.index.ntotal)
         ivf = _ivf(self.index)
@@ -80,22 +100,32 @@ class CertifiedNearest:
             values, rows = self.index.search(queries, t)
             ceiling = values[:, -1].astype(np.float64) + ROUNDING_SLACK
             return Neighbours(values, rows, ceiling, ceiling[:, None])
-        nprobe = min(self.nprobe or ivf.nprobe, ivf.nlist)
+        nprobe = min(nprobe or self.nprobe or ivf.nprobe, ivf.nlist)
         values, rows, probed = _search_lists(ivf, self.index, queries, t, nprobe)
         # The visited lists may hold fewer than T rows (FAISS pads with -1): visit more.
         while nprobe < ivf.nlist and (rows < 0).any():
             nprobe = min(2 * nprobe, ivf.nlist)
             values, rows, probed = _search_lists(ivf, self.index, queries, t, nprobe)
         ceiling = values[:, -1].astype(np.float64) + ROUNDING_SLACK
+        products = (queries @ _centroids(ivf).T).astype(np.float64) + ROUNDING_SLACK
         if nprobe >= ivf.nlist:  # every list visited: the T-th value bounds every other row
-            return Neighbours(values, rows, ceiling, np.repeat(ceiling[:, None], ivf.nlist, 1))
+            groups = np.repeat(ceiling[:, None], ivf.nlist, axis=1)
+            return Neighbours(values, rows, ceiling, groups, products)
         # Bank rows are unit norm, so no inner product exceeds ||q||.
         norm = np.linalg.norm(queries, axis=1, keepdims=True).astype(np.float64)
-        products = (queries @ _centroids(ivf).T).astype(np.float64) + ROUNDING_SLACK
         groups = np.minimum(products + norm * self.radii()[None, :], norm + ROUNDING_SLACK)
         np.put_along_axis(groups, probed, ceiling[:, None], axis=1)
         ceiling = np.maximum(ceiling, groups.max(axis=1))
         return Neighbours(values, rows, ceiling, groups, products)
+
+    def lists(self) -> int:
+        """How many lists a search can visit (1 for a Flat index: it visits everything)."""
+        ivf = _ivf(self.index)
+        return 1 if ivf is None else ivf.nlist
+
+    def default_nprobe(self) -> int:
+        ivf = _ivf(self.index)
+        return 1 if ivf is None else min(self.nprobe or ivf.nprobe, ivf.nlist)
 
     def row_groups(self) -> tuple[np.ndarray, int]:
         """([M] group of each bank row, G): its IVF list, or one group for a Flat index."""
@@ -191,8 +221,14 @@ class LazyNearest:
     make: Callable[[], CertifiedNearest]
     _nearest: CertifiedNearest | None = field(default=None, init=False, repr=False)
 
-    def __call__(self, queries: np.ndarray, t: int) -> Neighbours:
-        return self.made()(queries, t)
+    def __call__(self, queries: np.ndarray, t: int, nprobe: int | None = None) -> Neighbours:
+        return self.made()(queries, t, nprobe)
+
+    def lists(self) -> int:
+        return self.made().lists()
+
+    def default_nprobe(self) -> int:
+        return self.made().default_nprobe()
 
     def row_groups(self) -> tuple[np.ndarray, int]:
         return self.made().row_groups()

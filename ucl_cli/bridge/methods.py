@@ -100,9 +100,10 @@ def topk_scores(
     max_t: int = 8192,
     device: str = "cpu",
 ) -> Scores:
-    """Certified top-T bounds; the queries' T grows 4x until the first `top` positions are
-    certified, T reaches `max_t`, or growing T stopped helping (no more positions certified
-    and the widest leading bound not even halved).
+    """Certified top-T bounds. Until the first `top` positions are certified, each round grows
+    the queries' T 4x (up to `max_t`) and visits 4x more lists for the candidates whose bounds
+    block those positions; it stops when a round no longer helps (no more positions certified
+    and the widest leading bound not even halved) or nothing is left to grow.
 
     The query side is computed exactly, in one pass over the bank (N queries are few; this is
     the cheap side of the bridge): its top T rows, and the exact mass of its row outside them
@@ -110,28 +111,53 @@ def topk_scores(
     side, thousands of candidates, goes through the FAISS index: each candidate's T nearest bank
     rows and certified ceilings on every other row, per list.
     """
-    if candidate_side.nearest is None:
+    nearest = candidate_side.nearest
+    if nearest is None:
         raise UsageError("the topk method needs a nearest-neighbour index on the candidate side")
     left = _full_left(_tensor(queries, device), query_side, device)  # [N, M]
     bank_size = left.shape[1]
     needed = min(top, candidates.shape[0])
-    # The candidates' side is searched once, with T = start_t: their top lists and ceilings
-    # per list. Only the query side's T grows (cheap: a top-k over rows already computed, so
-    # it starts larger); the per-row bounds of `_grouped_rest` keep the candidates' unvisited
-    # rows in check.
-    found = candidate_side.nearest(candidates, min(start_t, bank_size))
+    # The candidates are searched with T = start_t. Two things then grow, each where it helps:
+    # the queries' T (cheap: a top-k over rows already computed, so it starts larger), and the
+    # lists visited for just the candidates whose bounds still block the leading positions.
+    t_candidates = min(start_t, bank_size)
+    found = nearest(candidates, t_candidates)
+    nprobe = np.full(candidates.shape[0], nearest.default_nprobe())
     t = min(max(start_t, QUERY_T_START), max_t, bank_size)
     previous: tuple[int, float] | None = None
     while True:
         scores = _bounded_scores(left, candidates, found, query_side, candidate_side, t, device)
         leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
         width = _leading_width(scores, needed)
-        if leading >= needed or t >= min(max_t, bank_size):
+        if leading >= needed:
             return scores
         if previous is not None and leading <= previous[0] and width > 0.5 * previous[1]:
-            return scores  # a larger T no longer tightens the bounds: the ceilings dominate
+            return scores  # growing no longer tightens the bounds
+        blocking = _blocking(scores, needed) & (nprobe < nearest.lists())
+        if t >= min(max_t, bank_size) and not blocking.any():
+            return scores
         previous = (leading, width)
         t = min(t * 4, max_t, bank_size)
+        nprobe[blocking] = np.minimum(nprobe[blocking] * 4, nearest.lists())
+        for value in np.unique(nprobe[blocking]):
+            which = np.flatnonzero(blocking & (nprobe == value))
+            found = found.with_rows(which, nearest(candidates[which], t_candidates, int(value)))
+
+
+def _blocking(scores: Scores, needed: int) -> np.ndarray:
+    """[K] candidates whose bounds keep the first `needed` positions of some query uncertain:
+    those among them not certified, and those below whose upper bound reaches the lowest lower
+    bound among them."""
+    order = scores.order[:, :needed]
+    lower_top = scores.lower.gather(1, order)
+    threshold = lower_top.min(dim=1, keepdim=True).values  # [N, 1]
+    intruding = scores.upper >= threshold  # [N, K], includes the leading ones themselves
+    uncertain_top = torch.zeros_like(intruding)
+    uncertain_top.scatter_(1, order, ~scores.certified[:, :needed])
+    leading = torch.zeros_like(intruding)
+    leading.scatter_(1, order, True)
+    blocking = (intruding & ~leading) | uncertain_top
+    return blocking.any(dim=0).cpu().numpy()
 
 
 def _leading_width(scores: Scores, needed: int) -> float:
@@ -204,7 +230,7 @@ def _grouped_rest(
         # <y, x_m> <= <y, c_g> + ||y|| d_m; ||y|| <= the largest candidate norm (1 for unit rows).
         allowance = scale * float(np.linalg.norm(candidates, axis=1).max()) * distances
         allowance = torch.as_tensor(allowance, dtype=torch.float64, device=device)
-        spread_mass = rest_logmass(left.double() + allowance[None, :], listed, groups, num_groups)
+        spread_mass = rest_logmass(left, listed, groups, num_groups, allowance)
         centre = torch.as_tensor(found.centroid_products * scale, device=device)
         ways.append((spread_mass, centre))
     return GroupedRest(tuple(ways))

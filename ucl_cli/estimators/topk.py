@@ -234,10 +234,11 @@ def rest_logmass(
     listed: torch.Tensor,
     groups: torch.Tensor | None = None,
     num_groups: int = 1,
+    allowance: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """[N, G] float64: log sum of exp(left[n, m]) over the rows m of each group outside
-    listed[n], exactly (a `GroupedRest` left_logmass). groups [M]: each row's group (default: all
-    in one).
+    """[N, G] float64: log sum of exp(left[n, m] + allowance[m]) over the rows m of each group
+    outside listed[n], exactly (a `GroupedRest` left_logmass). groups [M]: each row's group
+    (default: all in one); allowance [M]: a per-row addend (default: none).
 
     Masked and summed, never subtracted from the total (which would cancel catastrophically when
     the listed rows hold nearly all the mass); one query row at a time, in float64.
@@ -245,7 +246,8 @@ def rest_logmass(
     out = torch.full((left.shape[0], num_groups), -math.inf, dtype=torch.float64)
     out = out.to(left.device)
     for n, (values, indices) in enumerate(zip(left, listed, strict=True)):
-        row = values.double().index_fill(0, indices, -math.inf)
+        row = values.double() if allowance is None else values.double() + allowance
+        row = row.index_fill(0, indices, -math.inf)
         shift = row.max()
         if not torch.isfinite(shift):
             continue
