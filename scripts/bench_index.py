@@ -135,11 +135,11 @@ def load_encoders(kind: str, device: str, dim: int) -> list:
 
 def run_cli_index(encoders: Sequence, corpus: Path, bank: Path, batch_size: int) -> None:
     """`ucl index CORPUS --bank BANK` in this process, with these (already loaded) encoders."""
-    import ucl_cli.commands.index as index_command
+    import ucl_cli.commands._shared as shared
     from ucl_cli.cli import app
 
     by_key = {encoder.key: encoder for encoder in encoders}
-    index_command.load_encoder = lambda key, *, device: by_key[key]
+    shared.load_encoder = lambda key, *, device: by_key[key]  # the commands' one seam
     keys = [encoder.key for encoder in encoders]
     args = ["index", str(corpus), "--bank", str(bank), "--batch-size", str(batch_size)]
     args += ["--image-text-model", keys[0], "--text-audio-model", keys[1], "--device", "cpu"]
