@@ -33,6 +33,10 @@ BANK = typer.Option(
 BATCH_SIZE = typer.Option(
     None, "--batch-size", min=1, help="Files embedded per batch.", show_default=False
 )
+TOPK_K = typer.Option(64, "--k", min=1, help="topk: nearest bank rows found per candidate (FAISS).")
+TOPK_K_MAX = typer.Option(
+    8192, "--k-max", min=1, help="topk: most top bank rows used per query (from 1,024 up)."
+)
 
 
 def load_encoder(key: str, *, device: str) -> Encoder:

@@ -14,7 +14,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ucl_cli.commands._shared import BANK, BATCH_SIZE, DEVICE, IMAGE_TEXT_MODEL, TEXT_AUDIO_MODEL
+from ucl_cli.commands._shared import (
+    BANK,
+    BATCH_SIZE,
+    DEVICE,
+    IMAGE_TEXT_MODEL,
+    TEXT_AUDIO_MODEL,
+    TOPK_K,
+    TOPK_K_MAX,
+)
 
 if TYPE_CHECKING:
     from ucl_cli.errors import InputFileError
@@ -80,8 +88,8 @@ def evaluate_command(
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Measure direct cosine even between unrelated models."
     ),
-    k: int = typer.Option(64, "--k", min=1, help="topk: initial bank rows per query/candidate."),
-    k_max: int = typer.Option(8192, "--k-max", min=1, help="topk: largest K tried."),
+    k: int = TOPK_K,
+    k_max: int = TOPK_K_MAX,
     image_text_model: str | None = IMAGE_TEXT_MODEL,
     text_audio_model: str | None = TEXT_AUDIO_MODEL,
     device: str = DEVICE,

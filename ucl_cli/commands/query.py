@@ -13,7 +13,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ucl_cli.commands._shared import BANK, BATCH_SIZE, DEVICE, IMAGE_TEXT_MODEL, TEXT_AUDIO_MODEL
+from ucl_cli.commands._shared import (
+    BANK,
+    BATCH_SIZE,
+    DEVICE,
+    IMAGE_TEXT_MODEL,
+    TEXT_AUDIO_MODEL,
+    TOPK_K,
+    TOPK_K_MAX,
+)
 from ucl_cli.errors import UsageError
 
 METHOD_HELP = (
@@ -51,8 +59,8 @@ def query(
     explain: int = typer.Option(
         0, "--explain", min=0, help="Show the N bank items that carried each score, and the ESS."
     ),
-    k: int = typer.Option(64, "--k", min=1, help="topk: initial bank rows per query/candidate."),
-    k_max: int = typer.Option(8192, "--k-max", min=1, help="topk: largest K tried."),
+    k: int = TOPK_K,
+    k_max: int = TOPK_K_MAX,
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Compute direct cosine even between unrelated models."
     ),
