@@ -25,6 +25,7 @@ from ucl_cli.estimators import (
 )
 from ucl_cli.estimators.explain import effective_sample_size, explain_pairs
 from ucl_cli.estimators.topk import (
+    BridgeBounds,
     GroupedRest,
     TopEntries,
     certify_ranking,
@@ -391,6 +392,18 @@ def test_certified_positions_agree_with_the_exact_ranking():
     ranking = certify_ranking(topk_bounds_from_matrices(left, right, 200))
     assert ranking.certified.any()
     assert torch.equal(ranking.order[ranking.certified], exact_order[ranking.certified])
+
+
+def test_uncertified_candidates_rank_by_what_is_known_exactly():
+    # Candidate 0: 50 nats known, an unknown part bounded by a loose ceiling (upper 120);
+    # candidate 1: 60 nats known, tightly bounded. The midpoint would put 0 first.
+    bounds = BridgeBounds(
+        lower=torch.tensor([[50.0, 60.0]], dtype=torch.float64),
+        upper=torch.tensor([[120.0, 61.0]], dtype=torch.float64),
+    )
+    ranking = certify_ranking(bounds)
+    assert ranking.order[0].tolist() == [1, 0]
+    assert not ranking.certified.any()  # and neither position is claimed
 
 
 def test_low_level_bounds_check_cross_term_shapes():

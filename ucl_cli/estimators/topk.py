@@ -111,8 +111,14 @@ class BridgeBounds:
 
     @property
     def estimate(self) -> torch.Tensor:
-        """Midpoint in log space; exact where the bounds meet."""
-        return 0.5 * (self.lower + self.upper)
+        """The score to rank by: the lower bound, i.e. the bridge sum over the bank rows known
+        exactly (plus the critics' floor for the rest); exact where the bounds meet.
+
+        Not the midpoint: where the bounds are loose, the upper bound charges the unknown rows
+        a ceiling far above their typical values, and the midpoint inherits that error. On the
+        1M-row stand-ins of BENCHMARKS.md (section 3) where nothing could be certified, the
+        lower bound ordered the exact top 10; the midpoint did not."""
+        return self.lower
 
     @property
     def width(self) -> torch.Tensor:
@@ -121,7 +127,8 @@ class BridgeBounds:
 
 @dataclass(frozen=True)
 class CertifiedRanking:
-    """Candidates per query ordered by the bound midpoint, and which positions are certain.
+    """Candidates per query ordered by the estimate (the lower bound), and which positions are
+    certain (whatever the order, a certified position is the candidate's exact rank).
 
     order [N, K]: candidate indices, best first. certified [N, K]: True where the candidate at
     that position is provably there: its lower bound beats every upper bound below it and its
@@ -261,7 +268,7 @@ def rest_logmass(
 
 
 def certify_ranking(bounds: BridgeBounds) -> CertifiedRanking:
-    """Order candidates by the bound midpoint and mark the positions the bounds prove."""
+    """Order candidates by the estimate and mark the positions the bounds prove."""
     order = bounds.estimate.argsort(dim=1, descending=True, stable=True)
     lower = bounds.lower.gather(1, order)
     upper = bounds.upper.gather(1, order)
