@@ -95,7 +95,9 @@ class Bank:
             self._vectors[position] = map_npy(handle)
         return self._vectors[position]
 
-    def index(self, model: ModelRef) -> faiss.Index:
+    def index(self, model: ModelRef, *, keep: bool = True) -> faiss.Index:
+        """One model's FAISS index, read on first use and kept (unless `keep` is False: a
+        caller passing over several large indexes once need not hold them all)."""
         position = self.position(model)
         if position not in self._indexes:
             handle = self._handles[self.manifest.index_files[position]]
@@ -107,6 +109,8 @@ class Bank:
                     f"{index.ntotal} vectors of dim {index.d}; the manifest says {len(self)} "
                     f"of dim {record.dim}"
                 )
+            if not keep:
+                return index
             self._indexes[position] = index
         return self._indexes[position]
 

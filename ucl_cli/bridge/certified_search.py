@@ -278,13 +278,17 @@ def _search_lists(
     return values, rows, probed
 
 
+def is_inverted_flat(index: faiss.Index) -> bool:
+    """An IVF index with Flat lists: the kind whose skipped lists `CertifiedNearest` bounds."""
+    ivf = _ivf(index)
+    return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
+
+
 def _require_certifiable(index: faiss.Index) -> None:
     """Only searches that return exact inner products, and skip rows only by whole IVF lists,
     can be certified: Flat, or IVF with Flat lists. HNSW or PQ may miss rows, or misstate them,
     with no bound."""
-    ivf = _ivf(index)
-    exact = isinstance(faiss.downcast_index(index), faiss.IndexFlat)
-    if exact or (ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)):
+    if isinstance(faiss.downcast_index(index), faiss.IndexFlat) or is_inverted_flat(index):
         return
     from ucl_cli.errors import UsageError
 

@@ -95,7 +95,8 @@ def _clear_index_scans(messages: Console) -> None:
         scan.unlink(missing_ok=True)
     if scans:
         where = escape(str(config.index_bounds_dir()))
-        messages.print(f"removed {len(scans):,} saved index scans from {where}")
+        plural = "" if len(scans) == 1 else "s"
+        messages.print(f"removed {len(scans):,} saved index scan{plural} from {where}")
 
 
 def _size(count: int) -> str:

@@ -122,6 +122,17 @@ def index(
             )
         raise
     console.print(_summary(bank, modality, report, view), soft_wrap=True)
+    if report.added or report.resumed:
+        _save_index_scans(bank_dir)
+
+
+def _save_index_scans(bank_dir: Path) -> None:
+    """Prepare `ucl query --method topk` now (IVF banks only), rather than at its first query."""
+    from ucl_cli.bank import load_bank
+    from ucl_cli.bridge.sides import save_index_scans
+
+    with load_bank(bank_dir, verify_checksums=False) as bank:
+        save_index_scans(bank)
 
 
 def _items(
