@@ -13,7 +13,8 @@ The same bounds are also returned per list (`Neighbours.group_ceiling`): paired 
 a query's mass each list holds, they bound the unknown part of the bridge sum far more tightly
 than one ceiling for the whole bank (`ucl_cli.estimators.topk.GroupedRest`), and so are the
 products <q, c_j> that, with each row's own distance ||x - c_j||, bound row by row. The list and
-distance of every bank row take one pass over the bank; they are computed on first use and kept.
+distance of every bank row take one pass over the index (the scan); it is made on first use,
+kept, and saved to `scan_cache` when one is named (`ucl index` saves it for each IVF bank).
 """
 
 from __future__ import annotations

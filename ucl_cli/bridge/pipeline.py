@@ -39,8 +39,8 @@ class QueryOptions:
     force_direct: bool = False
     batch_size: int | None = None
     device: str = "cpu"
-    topk_start: int = 64
-    topk_max: int = 8192
+    topk_start: int = 64  # topk: nearest bank rows found per candidate (`--k`)
+    topk_max: int = 8192  # topk: most top bank rows used per query (`--k-max`)
 
 
 @dataclass(frozen=True)
