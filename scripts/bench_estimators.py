@@ -106,9 +106,7 @@ def case_key(shape, scale) -> str:
 def run_case(shape, scale, device, repeats, naive_limit_bytes, log, peaks=None) -> dict:
     """Time every method (and measure its peak memory unless `peaks` has it already)."""
     n, bank, k = shape
-    generator = torch.Generator().manual_seed(0)
-    left = ((torch.rand(n, bank, generator=generator) * 2 - 1) * scale).to(device)
-    right = ((torch.rand(bank, k, generator=generator) * 2 - 1) * scale).to(device)
+    left, right = case_inputs(shape, scale, device)
     reference = streamed_logaddexp(left.double(), right.double())
     inputs_bytes = (left.numel() + right.numel()) * 4
     methods = case_methods(left, right, scale, naive_limit_bytes)
@@ -140,6 +138,15 @@ def run_case(shape, scale, device, repeats, naive_limit_bytes, log, peaks=None) 
     return row
 
 
+def case_inputs(shape, scale, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """left [N, M] and right [M, K]: scale * U(-1, 1), the same for every run of a case."""
+    n, bank, k = shape
+    generator = torch.Generator().manual_seed(0)
+    left = (torch.rand(n, bank, generator=generator) * 2 - 1) * scale
+    right = (torch.rand(bank, k, generator=generator) * 2 - 1) * scale
+    return left.to(device), right.to(device)
+
+
 def case_methods(left, right, scale, naive_limit_bytes) -> dict[str, Callable[[], object]]:
     n, bank = left.shape
     k = right.shape[1]
@@ -167,9 +174,7 @@ def measure_peaks(shapes, naive_limit_bytes) -> dict[str, dict[str, int]]:
         fn()
     for shape in shapes:
         for scale in SCALES:
-            generator = torch.Generator().manual_seed(0)
-            left = (torch.rand(shape[0], shape[1], generator=generator) * 2 - 1) * scale
-            right = (torch.rand(shape[1], shape[2], generator=generator) * 2 - 1) * scale
+            left, right = case_inputs(shape, scale, torch.device("cpu"))
             methods = case_methods(left, right, scale, naive_limit_bytes)
             peaks[case_key(shape, scale)] = {
                 name: memory.measure(fn)[1] for name, fn in methods.items()

@@ -179,3 +179,15 @@ def test_an_index_whose_search_cannot_be_certified_is_refused(factory):
     index.add(bank)
     with pytest.raises(UsageError, match="topk cannot certify a search through"):
         CertifiedNearest(index, bank)
+
+
+def test_an_ivf_index_behind_a_transform_is_refused():
+    # Its lists live in the transformed space, not the bank's: no bound there holds.
+    from ucl_cli.errors import UsageError
+
+    bank, _ = clustered_bank(rows=400)
+    index = faiss.index_factory(bank.shape[1], "PCA8,IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    index.train(bank)
+    index.add(bank)
+    with pytest.raises(UsageError, match="topk cannot certify a search through"):
+        CertifiedNearest(index, bank)

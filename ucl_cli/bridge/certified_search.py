@@ -280,9 +280,10 @@ def _search_lists(
 
 
 def is_inverted_flat(index: faiss.Index) -> bool:
-    """An IVF index with Flat lists: the kind whose skipped lists `CertifiedNearest` bounds."""
-    ivf = _ivf(index)
-    return ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFlat)
+    """An IVF index with Flat lists, searched as is: the kind whose skipped lists
+    `CertifiedNearest` bounds. One wrapped in a transform (PCA, OPQ) is not: its lists live in
+    another space than the bank's vectors."""
+    return isinstance(faiss.downcast_index(index), faiss.IndexIVFFlat)
 
 
 def _require_certifiable(index: faiss.Index) -> None:

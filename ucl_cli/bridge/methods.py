@@ -16,6 +16,7 @@ each critic value is scale * dot.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -81,9 +82,13 @@ def lse_scores(
     q = _tensor(queries, device)
     c = _tensor(candidates, device)
     parts = []
-    for m0 in range(0, len(query_side.bank), chunk):
-        left = query_side.scale * (q @ _tensor(query_side.bank[m0 : m0 + chunk], device).T)
-        right = candidate_side.scale * (_tensor(candidate_side.bank[m0 : m0 + chunk], device) @ c.T)
+    for (_, query_rows), (_, candidate_rows) in zip(
+        _bank_chunks(query_side, device, chunk),
+        _bank_chunks(candidate_side, device, chunk),
+        strict=True,
+    ):
+        left = query_side.scale * (q @ query_rows.T)
+        right = candidate_side.scale * (candidate_rows @ c.T)
         parts.append(partial_bridge_scores(left, right))
     values = combine_partials(parts)
     return Scores(values, _order(values))
@@ -248,10 +253,17 @@ def _full_left(q: torch.Tensor, side: BridgeSide, device: str) -> torch.Tensor:
             chunk = bank[m0 : m0 + BANK_CHUNK]
             out[:, m0 : m0 + len(chunk)] = queries @ chunk.T
         return side.scale * torch.from_numpy(out)
-    parts = [
-        q @ _tensor(bank[m0 : m0 + BANK_CHUNK], device).T for m0 in range(0, len(bank), BANK_CHUNK)
-    ]
+    parts = [q @ rows.T for _, rows in _bank_chunks(side, device)]
     return side.scale * torch.cat(parts, dim=1)
+
+
+def _bank_chunks(
+    side: BridgeSide, device: str, chunk: int = BANK_CHUNK
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, rows) of the (memory-mapped) bank, `chunk` rows at a time, as float32 tensors
+    on `device`: memory stays bounded by one chunk whatever the bank's size."""
+    for m0 in range(0, len(side.bank), chunk):
+        yield m0, _tensor(side.bank[m0 : m0 + chunk], device)
 
 
 def _scaled_top(
@@ -283,9 +295,8 @@ def caption_scores(
     q = _tensor(queries, device)
     best_value = torch.full((q.shape[0],), -torch.inf, device=device)
     best_row = torch.zeros(q.shape[0], dtype=torch.long, device=device)
-    for m0 in range(0, len(query_side.bank), chunk):
-        sims = q @ _tensor(query_side.bank[m0 : m0 + chunk], device).T
-        value, row = sims.max(dim=1)
+    for m0, rows in _bank_chunks(query_side, device, chunk):
+        value, row = (q @ rows.T).max(dim=1)
         better = value > best_value
         best_value = torch.where(better, value, best_value)
         best_row = torch.where(better, row + m0, best_row)

@@ -53,7 +53,10 @@ def save_index_scans(bank: Bank) -> int:
 
 
 def _save_scan(bank: Bank, key: str, path: Path) -> bool:
-    """One index in memory at a time: it is read here, not kept by the bank, and freed on return."""
+    """One index in memory at a time: it is read here, not kept by the bank, and freed on return.
+    A bank whose index is not an inverted file is not read at all."""
+    if not bank.manifest.faiss_index.upper().startswith("IVF"):
+        return False
     index = bank.index(key, keep=False)
     if not is_inverted_flat(index):
         return False
