@@ -56,26 +56,31 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
-@pytest.fixture
-def bank(plugin, runner, tmp_path) -> str:
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(BANK_TEXTS) + "\n")
+def index_planted(runner, corpus: Path, texts: list[str], bank: str, *options: str) -> None:
+    """`ucl index` of `texts` into `bank` with the planted models."""
+    corpus.write_text("\n".join(texts) + "\n")
     result = runner.invoke(
         app,
         [
             "index",
             str(corpus),
             "--bank",
-            "planted",
+            bank,
             "--image-text-model",
             IMAGE_TEXT,
             "--text-audio-model",
             TEXT_AUDIO,
             "--device",
             "cpu",
+            *options,
         ],
     )
     assert result.exit_code == 0, result.output
+
+
+@pytest.fixture
+def bank(plugin, runner, tmp_path) -> str:
+    index_planted(runner, tmp_path / "corpus.txt", BANK_TEXTS, "planted")
     return "planted"
 
 
@@ -196,27 +201,8 @@ def test_topk_through_an_ivf_bank_certifies_from_the_scans_ucl_index_saved(
     plugin, runner, media_dir, tmp_path
 ):
     # A bank big enough for an inverted file: the concepts plus 300 neutral texts, IVF4,Flat.
-    corpus = tmp_path / "ivf-corpus.txt"
     texts = BANK_TEXTS + [f"neutral text {i}" for i in range(300)]
-    corpus.write_text("\n".join(texts) + "\n")
-    built = runner.invoke(
-        app,
-        [
-            "index",
-            str(corpus),
-            "--bank",
-            "planted-ivf",
-            "--image-text-model",
-            IMAGE_TEXT,
-            "--text-audio-model",
-            TEXT_AUDIO,
-            "--faiss-index",
-            "IVF4,Flat",
-            "--device",
-            "cpu",
-        ],
-    )
-    assert built.exit_code == 0, built.output
+    index_planted(runner, tmp_path / "ivf.txt", texts, "planted-ivf", "--faiss-index", "IVF4,Flat")
     scans = sorted((Path(os.environ["UCL_HOME"]) / "index-bounds").glob("*.npz"))
     # `ucl index` saved each model's index scan for topk's queries, by content hash: the two
     # planted models embed texts identically, so their indexes are one file here.
