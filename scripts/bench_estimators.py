@@ -8,7 +8,11 @@ peak extra memory of:
   - naive:    torch.logsumexp(left[:, :, None] + right[None], dim=1), where it fits in memory;
   - topk:     the certified top-K bounds (T = 100) computed from the full matrices;
 and the error of each exact method against a float64 streamed reference. Critic values are
-scale * u with u ~ U(-1, 1), so the row and column maxima are far apart (a hard case).
+scale * u with u ~ U(-1, 1), so the row and column maxima are far apart (a hard case). The wide-
+range case draws them from N(0, sigma^2) instead (sigma = 30): each entry's best path then lies
+~80 nats below its row plus column maxima, beyond the ~58 nats that float32's underflow guard
+certifies, so most entries fail it (`bridge_scores` resolves them in float64 exp space, before
+any streamed fallback).
 
 Ratios are what matter: the methods run in the same process on the same inputs. On CPU the peak
 memory is measured in a child process whose allocator returns every large block to the system
@@ -19,6 +23,7 @@ allocation).
     python scripts/bench_estimators.py                      # the issue's table (a few minutes)
     python scripts/bench_estimators.py --quick              # small shapes only
     python scripts/bench_estimators.py --device cuda        # on a GPU
+    python scripts/bench_estimators.py --cases wide         # the wide-range case alone
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +46,38 @@ from ucl_cli.estimators import bridge_scores, certify_ranking, topk_bounds_from_
 SHAPES = [(25, 10_000, 25), (25, 100_000, 25), (25, 1_000_000, 25), (1, 100_000, 10_000)]
 QUICK_SHAPES = [(25, 10_000, 25), (25, 100_000, 25)]
 SCALES = [1.0, 14.0, 100.0]
+# Wide range: N(0, 30^2) values at the target shape (best paths ~80 nats below the maxima).
+WIDE_SHAPES = [(25, 100_000, 25)]
+WIDE_SIGMA = 30.0
 STREAM_BLOCK = 1 << 24
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: a shape and how its values are drawn (uniform or normal)."""
+
+    shape: tuple[int, int, int]
+    scale: float
+    wide: bool = False
+
+    @property
+    def key(self) -> str:
+        n, bank, k = self.shape
+        return f"{n},{bank},{k},{'normal' if self.wide else 'uniform'},{self.scale:g}"
+
+    @property
+    def label(self) -> str:
+        return f"N(0, {self.scale:g}^2)" if self.wide else f"{self.scale:g}"
+
+
+def benchmark_cases(quick: bool, which: str) -> list[Case]:
+    shapes = QUICK_SHAPES if quick else SHAPES
+    cases = []
+    if which in ("all", "uniform"):
+        cases += [Case(shape, scale) for shape in shapes for scale in SCALES]
+    if which in ("all", "wide"):
+        cases += [Case(shape, WIDE_SIGMA, wide=True) for shape in WIDE_SHAPES]
+    return cases
 
 
 def streamed_logaddexp(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
@@ -99,19 +136,16 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int) -> f
     return best
 
 
-def case_key(shape, scale) -> str:
-    return f"{shape[0]},{shape[1]},{shape[2]},{scale:g}"
-
-
-def run_case(shape, scale, device, repeats, naive_limit_bytes, log, peaks=None) -> dict:
+def run_case(case: Case, device, repeats, naive_limit_bytes, log, peaks=None) -> dict:
     """Time every method (and measure its peak memory unless `peaks` has it already)."""
-    n, bank, k = shape
-    left, right = case_inputs(shape, scale, device)
+    n, bank, k = case.shape
+    left, right = case_inputs(case, device)
     reference = streamed_logaddexp(left.double(), right.double())
     inputs_bytes = (left.numel() + right.numel()) * 4
-    methods = case_methods(left, right, scale, naive_limit_bytes)
+    methods = case_methods(left, right, case, naive_limit_bytes)
     memory = PeakMemory(device)
-    row = {"N": n, "M": bank, "K": k, "scale": scale, "inputs_bytes": inputs_bytes}
+    row = {"N": n, "M": bank, "K": k, "scale": case.scale, "label": case.label}
+    row["inputs_bytes"] = inputs_bytes
     for name, fn in methods.items():
         if peaks is None:
             out, peak = memory.measure(fn)
@@ -134,20 +168,25 @@ def run_case(shape, scale, device, repeats, naive_limit_bytes, log, peaks=None) 
                 (ranking.leading_certified() >= min(10, k)).float().mean().item()
             )
         log(f"  {name:8s} {seconds * 1e3:10.1f} ms  peak {peak / 2**20:9.1f} MiB")
-    row["tolerance"] = 1e-6 * (1 + 2 * scale)
+    row["tolerance"] = 1e-6 * (1 + left.abs().max().item() + right.abs().max().item())
     return row
 
 
-def case_inputs(shape, scale, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """left [N, M] and right [M, K]: scale * U(-1, 1), the same for every run of a case."""
-    n, bank, k = shape
+def case_inputs(case: Case, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """left [N, M] and right [M, K]: scale * U(-1, 1), or N(0, scale^2) for a wide case; the
+    same for every run of a case."""
+    n, bank, k = case.shape
     generator = torch.Generator().manual_seed(0)
-    left = (torch.rand(n, bank, generator=generator) * 2 - 1) * scale
-    right = (torch.rand(bank, k, generator=generator) * 2 - 1) * scale
+    if case.wide:
+        left = torch.randn(n, bank, generator=generator) * case.scale
+        right = torch.randn(bank, k, generator=generator) * case.scale
+    else:
+        left = (torch.rand(n, bank, generator=generator) * 2 - 1) * case.scale
+        right = (torch.rand(bank, k, generator=generator) * 2 - 1) * case.scale
     return left.to(device), right.to(device)
 
 
-def case_methods(left, right, scale, naive_limit_bytes) -> dict[str, Callable[[], object]]:
+def case_methods(left, right, case: Case, naive_limit_bytes) -> dict[str, Callable[[], object]]:
     n, bank = left.shape
     k = right.shape[1]
     methods: dict[str, Callable[[], object]] = {
@@ -158,27 +197,27 @@ def case_methods(left, right, scale, naive_limit_bytes) -> dict[str, Callable[[]
     if n * bank * k * 4 * 2 <= naive_limit_bytes:
         methods["naive"] = lambda: naive_broadcast(left, right)
     top = min(100, bank)
+    # The floors are lower bounds on the values: -scale for U(-1, 1) * scale, the minimum else.
+    left_floor = left.min().item() if case.wide else -case.scale
+    right_floor = right.min().item() if case.wide else -case.scale
     methods["topk"] = lambda: topk_bounds_from_matrices(
-        left, right, top, left_floor=-scale, right_floor=-scale
+        left, right, top, left_floor=left_floor, right_floor=right_floor
     )
     return methods
 
 
-def measure_peaks(shapes, naive_limit_bytes) -> dict[str, dict[str, int]]:
+def measure_peaks(cases: list[Case], naive_limit_bytes) -> dict[str, dict[str, int]]:
     """Run in the child (honest allocator): each method once per case, its peak extra RSS."""
     peaks = {}
     memory = PeakMemory(torch.device("cpu"))
     # Warm up first (thread pool, allocator arenas), or the first case is charged for them.
     small = torch.rand(4, 2048), torch.rand(2048, 4)
-    for fn in case_methods(*small, 1.0, naive_limit_bytes).values():
+    for fn in case_methods(*small, Case((4, 2048, 4), 1.0), naive_limit_bytes).values():
         fn()
-    for shape in shapes:
-        for scale in SCALES:
-            left, right = case_inputs(shape, scale, torch.device("cpu"))
-            methods = case_methods(left, right, scale, naive_limit_bytes)
-            peaks[case_key(shape, scale)] = {
-                name: memory.measure(fn)[1] for name, fn in methods.items()
-            }
+    for case in cases:
+        left, right = case_inputs(case, torch.device("cpu"))
+        methods = case_methods(left, right, case, naive_limit_bytes)
+        peaks[case.key] = {name: memory.measure(fn)[1] for name, fn in methods.items()}
     return peaks
 
 
@@ -214,7 +253,7 @@ def markdown_table(rows: list[dict]) -> str:
     for row in rows:
         ms = _milliseconds(row)
         lines.append(
-            f"| {row['N']}, {row['M']:.0e}, {row['K']} | {row['scale']:g} | {ms('matmul')} "
+            f"| {row['N']}, {row['M']:.0e}, {row['K']} | {row['label']} | {ms('matmul')} "
             f"| {ms('bridge')} | {ms('streamed')} | {ms('naive')} "
             f"| {ratio(row, 'streamed', 'bridge')} | {ratio(row, 'naive', 'bridge')} "
             f"| {ratio(row, 'bridge', 'matmul')} "
@@ -229,6 +268,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quick", action="store_true", help="small shapes only")
+    parser.add_argument(
+        "--cases",
+        choices=["all", "uniform", "wide"],
+        default="all",
+        help="U(-1, 1) * scale cases, the N(0, 30^2) wide-range case, or both (default)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="best of this many runs")
     parser.add_argument("--naive-limit-gb", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -238,10 +283,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    shapes = QUICK_SHAPES if args.quick else SHAPES
+    cases = benchmark_cases(args.quick, args.cases)
     limit = args.naive_limit_gb * 2**30
     if args.memory_child:
-        print(json.dumps(measure_peaks(shapes, limit)))
+        print(json.dumps(measure_peaks(cases, limit)))
         return
 
     def log(message: str) -> None:
@@ -252,11 +297,10 @@ def main() -> None:
         log("measuring peak memory in a child process ...")
         all_peaks = peaks_from_child(sys.argv[1:])
     rows = []
-    for shape in shapes:
-        for scale in SCALES:
-            log(f"N, M, K = {shape}, scale {scale:g}")
-            peaks = None if all_peaks is None else all_peaks[case_key(shape, scale)]
-            rows.append(run_case(shape, scale, device, args.repeats, limit, log, peaks))
+    for case in cases:
+        log(f"N, M, K = {case.shape}, scale {case.label}")
+        peaks = None if all_peaks is None else all_peaks[case.key]
+        rows.append(run_case(case, device, args.repeats, limit, log, peaks))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     header = (
         f"device: {device} ({name}, {torch.get_num_threads()} threads), torch {torch.__version__}"

@@ -118,13 +118,18 @@ def test_best_path_far_from_both_maxima_is_exact():
 def test_adversarial_underflow_everywhere_stays_exact(scale, monkeypatch):
     import ucl_cli.estimators.bridge as bridge
 
-    recomputed = []
-    exact = bridge.exact_pair_scores
+    escalated, recomputed = [], []
+    wide, exact = bridge._float64_sums, bridge.exact_pair_scores
+
+    def counting_wide(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size):
+        escalated.append(rows.numel())
+        return wide(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size)
 
     def counting_exact(left, right, rows, cols, **kwargs):
         recomputed.append(rows.numel())
         return exact(left, right, rows, cols, **kwargs)
 
+    monkeypatch.setattr(bridge, "_float64_sums", counting_wide)
     monkeypatch.setattr(bridge, "exact_pair_scores", counting_exact)
     # Every pair's best path is far below the row max and column max: forces the fallback.
     generator = torch.Generator().manual_seed(1)
@@ -136,7 +141,8 @@ def test_adversarial_underflow_everywhere_stays_exact(scale, monkeypatch):
     right[0, :] = -scale
     left[:, 1] = -scale
     out = bridge_scores(left, right)
-    assert recomputed == [n * k]  # the guard caught every entry
+    assert escalated == [n * k]  # float32's guard caught every entry; float64 resolves them
+    assert recomputed == ([] if scale == 100.0 else [n * k])  # at e^-200, not e^-2000
     assert torch.isfinite(out).all()
     assert (out.double() - brute_force(left, right)).abs().max() <= float32_tolerance(left, right)
 

@@ -13,10 +13,20 @@ column shifts b[k] = max_m right[m, k], every factor exp(left - a), exp(right - 
 This is exact except where the best path for (n, k) is far from both maxima, so that the sum S
 falls near the floating-point underflow range and its terms lose precision (or S becomes 0 and
 the log -inf). Each underflowed term is wrong by at most ~2 * tiny (the smallest normal number),
-so an S at least 4 * M * tiny / eps is accurate to within eps relative; the entries below that
-threshold (rare in practice, certain in adversarial cases) are recomputed by an exact streamed
-logsumexp over their bank rows alone. Float32 matrix products run at full IEEE precision (TF32
-and bf16 shortcuts are switched off for the call).
+so an S at least 4 * M * tiny / eps is accurate to within eps relative: in float32, a best path
+up to ~58 nats below a[n] + b[k] (M = 1e5). The entries below that threshold (none at CLIP scale,
+common when the bridge terms spread over more than ~80 nats) are recomputed, when the inputs are
+float32, by the same product in float64 over their rows and columns alone, with every factor
+taken times 2^BOOST (at most 2^BOOST, so that no sum overflows; a power of two, so that float64
+keeps far more precision than float32 needs), which reaches ~990 nats below a[n] + b[k]; only the
+entries beyond that (or beyond ~660 nats for float64 inputs) take an exact streamed logsumexp
+over their bank rows. Float32 matrix products run at full IEEE precision (TF32 and bf16
+shortcuts are switched off for the call).
+
+Finite inputs of any magnitude give finite, correct scores (a value like -1e30 that masks a
+candidate or bank row scores its true, huge negative value); only a score beyond the output
+dtype's range rounds to -inf (or +inf), as any floating-point sum does. -inf entries carry no
+path, and a pair with no path at all scores -inf.
 """
 
 from __future__ import annotations
@@ -45,6 +55,17 @@ LOG2_E = 1.0 / math.log(2.0)
 SMALLEST_NORMAL_EXPONENT = {
     dtype: float(math.log2(torch.finfo(dtype).tiny)) for dtype in (torch.float32, torch.float64)
 }
+# The float64 recomputation of float32 inputs takes factors exp(x - shift) * 2^BOOST (at most
+# 2^BOOST each), so that a path 2 * BOOST bits below the shifts still gives a product far above
+# the smallest normal number; 2 * BOOST + 64 (at most 2^64 bank rows) stays below float64's top
+# exponent (1024), so no sum overflows. Added to an exponent of about 480, it rounds by ~2^-44
+# (irrelevant to a float32 result; it would cost float32 factors their precision, hence float64
+# only, and float64 inputs keep their own precision).
+FLOAT64_BOOST = float((1024 - 64 - 2) // 2)
+# The fused exponent x * log2 e - a * log2 e rounds by about |a| * eps, however close x is to the
+# shift a; past this rounding (float32: |a| > 2048) the factors are formed as
+# exp2((x - a) * log2 e) instead, whose rounding is |x - a| * eps (one more pass over the chunk).
+FUSED_SHIFT_ROUNDING = 2.0**-12
 
 
 @dataclass(frozen=True)
@@ -161,21 +182,74 @@ def _validated(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, t
 def _log_sum_exp_product(
     left: torch.Tensor, right: torch.Tensor, chunk_size: int | None
 ) -> torch.Tensor:
-    """logsumexp_m(left[n, m] + right[m, k]) [N, K] float64: guarded product, exact fallback."""
-    row_shift, col_shift = left.amax(dim=1), _column_max(right)
-    _refuse_non_finite(row_shift, "left")
-    _refuse_non_finite(col_shift, "right")
-    row_shift, col_shift = _zero_if_neg_inf(row_shift), _zero_if_neg_inf(col_shift)
-    sums = _shifted_exp_product(left, right, row_shift, col_shift, chunk_size)
+    """logsumexp_m(left[n, m] + right[m, k]) [N, K] float64: guarded product, then the same
+    product in float64 for what float32 cannot resolve, then an exact streamed fallback."""
+    row_shift, row_peak = _shifts(left.amax(dim=1), "left")
+    col_shift, col_peak = _shifts(_column_max(right), "right")
+    peaks = (row_peak, col_peak)
+    sums = _shifted_exp_product(left, right, row_shift, col_shift, peaks, chunk_size)
     lse = row_shift.double()[:, None] + col_shift.double()[None, :] + torch.log(sums)
 
-    info = torch.finfo(left.dtype)
-    trusted_floor = 4.0 * left.shape[1] * info.tiny / info.eps
-    uncertain = sums < trusted_floor
-    if bool(uncertain.any()):
-        rows, cols = uncertain.nonzero(as_tuple=True)
+    bank = left.shape[1]
+    uncertain = sums < _trusted_floor(left.dtype, bank)
+    if not bool(uncertain.any()):
+        return lse
+    rows, cols = uncertain.nonzero(as_tuple=True)
+    if left.dtype != torch.float64:
+        wide_sums = _float64_sums(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size)
+        shifts = row_shift.double()[rows] + col_shift.double()[cols]
+        lse[rows, cols] = shifts + torch.log(wide_sums) - 2.0 * FLOAT64_BOOST * math.log(2.0)
+        beyond = wide_sums < _trusted_floor(torch.float64, bank, FLOAT64_BOOST)
+        rows, cols = rows[beyond], cols[beyond]
+    if rows.numel():
         lse[rows, cols] = exact_pair_scores(left, right, rows, cols).double()
     return lse
+
+
+def _trusted_floor(dtype: torch.dtype, bank: int, boost: float = 0.0) -> float:
+    """The smallest sum of `bank` terms (factors at most 2^boost) accurate to eps/2 relative.
+
+    A factor clamped up to the smallest normal number (tiny) is wrong by at most tiny, so its
+    term by at most tiny * 2^boost; a product below tiny, flushed or subnormal, by at most tiny.
+    Every term is thus within tiny * max(2, 2^boost), and the sum within bank times that.
+    """
+    info = torch.finfo(dtype)
+    term_error = info.tiny * max(2.0, 2.0**boost)
+    return 2.0 * bank * term_error / info.eps
+
+
+def _float64_sums(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    row_shift: torch.Tensor,
+    col_shift: torch.Tensor,
+    peaks: tuple[float, float],
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """S * 2^(2 * FLOAT64_BOOST) [P] for the pairs (rows[p], cols[p]), by the shifted product in
+    float64 with boosted factors.
+
+    This reaches ~990 nats below the shifts where float32 reaches ~58: wide-range float32
+    inputs, whose pairs mostly fail float32's guard, then cost one more product, not a stream
+    over [P, M]. The product runs over the pairs' distinct rows and columns only.
+    """
+    line_rows, pair_row = torch.unique(rows, return_inverse=True)
+    line_cols, pair_col = torch.unique(cols, return_inverse=True)
+    sums = _shifted_exp_product(
+        left,
+        right,
+        row_shift.double()[line_rows],
+        col_shift.double()[line_cols],
+        peaks,
+        chunk_size,
+        rows=None if line_rows.numel() == left.shape[0] else line_rows,
+        cols=None if line_cols.numel() == right.shape[1] else line_cols,
+        dtype=torch.float64,
+        boost=FLOAT64_BOOST,
+    )
+    return sums[pair_row, pair_col]
 
 
 def _shifted_exp_product(
@@ -183,10 +257,18 @@ def _shifted_exp_product(
     right: torch.Tensor,
     row_shift: torch.Tensor,
     col_shift: torch.Tensor,
+    peaks: tuple[float, float],
     chunk_size: int | None,
+    *,
+    rows: torch.Tensor | None = None,
+    cols: torch.Tensor | None = None,
+    dtype: torch.dtype | None = None,
+    boost: float = 0.0,
 ) -> torch.Tensor:
     """S = sum_m exp(left[n, m] - a[n]) * exp(right[m, k] - b[k]) [N, K] float64, a chunk of
-    bank rows at a time.
+    bank rows at a time, times 2^(2 * boost); over left's `rows` and right's `cols` only when
+    given (the shifts are then those lines'), with factors in `dtype` (default: the inputs').
+    `peaks` are the largest |a| and |b| over all lines (they choose the exponent form).
 
     The shifts are the global maxima, found first by two cheap reductions, so the loop over
     chunks does nothing but exponentiate and multiply (an online, flash-style running maximum
@@ -196,8 +278,9 @@ def _shifted_exp_product(
     product over [C, PARTIAL_TERMS] blocks of a chunk); partial sums are added in float64, so
     float32 rounding does not grow with the bank size.
     """
-    n, bank = left.shape
-    k = right.shape[1]
+    dtype = dtype or left.dtype
+    bank = left.shape[1]
+    n, k = row_shift.shape[0], col_shift.shape[0]
     budget = CHUNK_ELEMENTS if left.device.type == "cpu" else CHUNK_ELEMENTS_GPU
     # At least PARTIAL_TERMS rows a step: many tiny steps cost more in per-op overhead (and in
     # thread wake-ups on a busy machine) than they gain in cache locality.
@@ -206,38 +289,72 @@ def _shifted_exp_product(
         chunk = chunk // PARTIAL_TERMS * PARTIAL_TERMS
     chunk = min(chunk, bank)
     sums = torch.zeros((n, k), dtype=torch.float64, device=left.device)
-    left_buffer = torch.empty((n, chunk), dtype=left.dtype, device=left.device)
-    right_buffer = torch.empty((chunk, k), dtype=left.dtype, device=left.device)
-    # exp(x - a) = exp2(x * log2 e - a * log2 e): one fused multiply-add pass, then exp2.
-    row_offset = (row_shift * -LOG2_E)[:, None]
-    col_offset = (col_shift * -LOG2_E)[None, :]
+    left_buffer = torch.empty((n, chunk), dtype=dtype, device=left.device)
+    right_buffer = torch.empty((chunk, k), dtype=dtype, device=left.device)
+    # exp(x - a) * 2^boost = exp2(x * log2 e - a * log2 e + boost): one fused multiply-add pass,
+    # then exp2; for shifts so large that the fused form's rounding matters, exp2((x - a) * log2 e
+    # + boost).
+    eps = torch.finfo(dtype).eps
+    row_centred, col_centred = (peak * eps > FUSED_SHIFT_ROUNDING for peak in peaks)
+    row_offset = (row_shift if row_centred else _fused_offset(row_shift, boost))[:, None]
+    col_offset = (col_shift if col_centred else _fused_offset(col_shift, boost))[None, :]
     with _full_precision_matmul(), _flush_denormals(left.device):
         for m0 in range(0, bank, chunk):
             left_chunk, right_chunk = left[:, m0 : m0 + chunk], right[m0 : m0 + chunk]
+            if rows is not None:
+                left_chunk = left_chunk.index_select(0, rows)
+            if cols is not None:  # index_select: several times faster than [:, cols] on CPU
+                right_chunk = right_chunk.index_select(1, cols)
             width = left_chunk.shape[1]
-            left_factor = _exp2_of_affine(left_chunk, row_offset, left_buffer[:, :width])
-            right_factor = _exp2_of_affine(right_chunk, col_offset, right_buffer[:width])
+            left_factor = _exp2_of_affine(
+                left_chunk, row_offset, left_buffer[:, :width], centred=row_centred, boost=boost
+            )
+            right_factor = _exp2_of_affine(
+                right_chunk, col_offset, right_buffer[:width], centred=col_centred, boost=boost
+            )
             sums += _blocked_product(left_factor, right_factor)
     return sums
 
 
-def _exp2_of_affine(values: torch.Tensor, offset: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """exp2(values * log2 e + offset) written into `out`, never subnormal.
+def _fused_offset(shift: torch.Tensor, boost: float) -> torch.Tensor:
+    """-shift * log2 e + boost, the offset of the fused exponent."""
+    offset = shift * -LOG2_E
+    return offset.add_(boost) if boost else offset
+
+
+def _exp2_of_affine(
+    values: torch.Tensor,
+    offset: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    centred: bool = False,
+    boost: float = 0.0,
+) -> torch.Tensor:
+    """exp2(values * log2 e + offset) written into `out`, never subnormal; with `centred`,
+    exp2((values - offset) * log2 e + boost), the offset then being the shift itself.
 
     torch's exp2 is about twice as fast as exp on CPU; the extra rounding of the product is of
     the same order as that of the subtraction (|values - shift| * eps), inside the stated
-    tolerance. Arguments are clamped at the exponent of the smallest normal number: a subnormal
+    tolerance, as long as the shift is moderate (the fused form also rounds |shift| * eps, which
+    for a shift of -1e30 is far more than the whole range of exp2: hence `centred`).
+    Arguments are clamped at the exponent of the smallest normal number: a subnormal
     result takes exp2 (and later products) on a path up to four times slower, and the flush-to-
     zero switch reaches only the calling thread, not torch's worker threads. The clamp changes
-    each term by less than the smallest normal number, which the underflow guard accounts for.
+    a factor by less than the smallest normal number, its term by less than that times the other
+    factor (at most 2^boost), which the underflow guard (`_trusted_floor`) accounts for.
     """
     rows, width = values.shape
     fold = 64  # a per-column offset over narrow rows vectorises poorly: fold rows into one
+    target = out
     if offset.shape[0] == 1 and width < 256 and rows % fold == 0 and values.is_contiguous():
         wide = (rows // fold, fold * width)
-        torch.add(offset.repeat(1, fold), values.view(wide), alpha=LOG2_E, out=out.view(wide))
+        values, offset, target = values.view(wide), offset.repeat(1, fold), out.view(wide)
+    if centred:
+        torch.sub(values, offset, out=target).mul_(LOG2_E)
+        if boost:
+            target.add_(boost)
     else:
-        torch.add(offset, values, alpha=LOG2_E, out=out)
+        torch.add(offset, values, alpha=LOG2_E, out=target)
     return out.clamp_min_(SMALLEST_NORMAL_EXPONENT[out.dtype]).exp2_()
 
 
@@ -270,14 +387,15 @@ def _column_max(x: torch.Tensor) -> torch.Tensor:
     return folded if whole == rows else torch.maximum(folded, x[whole:].amax(dim=0))
 
 
-def _zero_if_neg_inf(shift: torch.Tensor) -> torch.Tensor:
-    """A line that is all -inf (no path at all) gets shift 0, so that nothing becomes NaN."""
-    return torch.where(torch.isneginf(shift), torch.zeros_like(shift), shift)
-
-
-def _refuse_non_finite(maxima: torch.Tensor, name: str) -> None:
-    if bool(torch.isnan(maxima).any()) or bool(torch.isposinf(maxima).any()):
+def _shifts(maxima: torch.Tensor, name: str) -> tuple[torch.Tensor, float]:
+    """The line maxima as shifts, 0 for a line that is all -inf (no path at all, so that nothing
+    becomes NaN), and their largest magnitude; NaN or +inf in the input is refused. One
+    device-to-host read: amax propagates NaN."""
+    shift = torch.where(torch.isneginf(maxima), torch.zeros_like(maxima), maxima)
+    peak = float(shift.abs().amax()) if shift.numel() else 0.0
+    if not math.isfinite(peak):
         raise NonFiniteScoresError(f"{name} contains NaN or +inf; bridge scores need finite input")
+    return shift, peak
 
 
 @contextlib.contextmanager
