@@ -7,7 +7,8 @@ Guards and conversions that `Image.open(path).convert("RGB")` alone gets wrong:
   255 and turns a 16-bit photo white.
 - Transparent pixels are composited over white, as image viewers show them, instead of exposing
   whatever colour the encoder left under alpha 0 (often black).
-- Multi-frame files (GIF, TIFF, ...) give their first frame.
+- Multi-frame files (GIF, TIFF, ...) give their first frame; later frames are never decoded, so
+  their sizes do not matter.
 """
 
 from __future__ import annotations
@@ -70,20 +71,28 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     """The image at `path`, upright and in 8-bit RGB, detached from the file.
 
     Raises InputFileError naming the path for a missing, empty, unrecognised, oversized,
-    truncated or corrupt file.
+    truncated or corrupt file, or one that there is not memory enough to decode.
     """
     path = require_file(path)
     with _opened(path, max_pixels) as image:
         if image is None:
             raise InputFileError(path, not_an_image_reason(path))
+        out_of_memory = (
+            f"out of memory decoding a {image.width} x {image.height} {image.mode} "
+            f"{image.format} image"
+        )
         try:
             image.load()  # decode now, so that damage surfaces here with the file's name
             upright = ImageOps.exif_transpose(image)
+        except MemoryError:
+            raise InputFileError(path, out_of_memory) from None
         except _DECODE_ERRORS as err:
             reason = f"corrupt or truncated {image.format} image: {err}"
             raise InputFileError(path, reason) from None
         try:
             return _to_rgb(upright)
+        except MemoryError:
+            raise InputFileError(path, out_of_memory) from None
         except ValueError as err:
             reason = f"unsupported {image.format} image mode {upright.mode}: {err}"
             raise InputFileError(path, reason) from None
