@@ -235,7 +235,7 @@ def memory_child(args: argparse.Namespace) -> None:
     )
     from ucl_cli.bank import load_bank
 
-    with load_bank(args.bank, verify_checksums=False) as bank:
+    with load_bank(args.bank, verify="on_read") as bank:
         rows = len(bank)
     peak = status_kib("VmHWM")
     matrices = rows * args.dim * 4 * len(encoders)

@@ -65,7 +65,7 @@ def bench_warm(args: argparse.Namespace) -> None:
     from ucl_cli.bridge import QueryOptions, search
     from ucl_cli.bridge.methods import lse_scores
     from ucl_cli.bridge.sides import bank_side
-    from ucl_cli.cache import CacheKey, EmbeddingCache, embed_files, preprocessing_digest
+    from ucl_cli.cache import CacheKey, EmbeddingCache, embed_files, encoder_digest
     from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO, load_encoder
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -85,7 +85,7 @@ def bench_warm(args: argparse.Namespace) -> None:
             sf.write(path, (0.1 * rng.standard_normal(12_000)).astype(np.float32), 48_000)
         paths.append(path)
     cache = EmbeddingCache()
-    digest = preprocessing_digest(clap.preprocessing, loader_version=media.LOADER_VERSION)
+    digest = encoder_digest(clap)  # the key embed_files uses: preprocessing, loader, weights
     hashed = cache.hash_files(paths)
     vectors = rng.standard_normal((len(paths), clap.dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

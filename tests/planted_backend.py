@@ -11,6 +11,8 @@ text "concept j", and the exact score is known in closed form.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from ucl_cli.encoders.base import Encoder
@@ -47,6 +49,8 @@ class PlantedEncoder(Encoder):
         self.logit_scale = SCALES[key]
         self.preprocessing = {"sample_rate": SAMPLE_RATE, "planted": 1}
         self.device = device
+        # Which "weights" these are (tests of vectors keyed by weights set it; default: none).
+        self.weights_id = os.environ.get("UCL_TEST_PLANTED_WEIGHTS") or None
 
     def _embed_batch(self, modality: Modality, batch: list) -> np.ndarray:
         out = np.zeros((len(batch), DIM), dtype=np.float32)

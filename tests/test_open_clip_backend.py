@@ -43,7 +43,8 @@ def test_default_key_loads_offline_from_the_hub_cache(clip_encoder):
     assert clip_encoder.key == DEFAULT_IMAGE_TEXT
     assert clip_encoder.dim == 512 and clip_encoder.device == "cpu"
     assert clip_encoder.preprocessing["image_size"] == 224
-    assert clip_encoder.weights_id.startswith("blob:")
+    # The hub blob's name is the SHA-256 of its content: the weights' identity, read for free.
+    assert clip_encoder.weights_id.startswith("sha256:") and len(clip_encoder.weights_id) == 71
 
 
 def test_logit_scale_is_read_from_the_weights_and_can_be_overridden(clip_encoder, clip_hub):
@@ -92,7 +93,8 @@ def test_local_folder_and_weights_argument_load_the_same_model(
     by_key = load_encoder(f"clip:ViT-B-32@{folder}")  # the hub cache is empty here
     by_argument = load_encoder(DEFAULT_IMAGE_TEXT, weights=folder)
     assert by_key.key == f"clip:ViT-B-32@{folder}"
-    assert by_key.weights_id.startswith("file:")
+    # Identified by content: the same folder is the same weights, whichever way it is named.
+    assert by_key.weights_id.startswith("sha256:") and by_key.weights_id == by_argument.weights_id
     np.testing.assert_allclose(by_key.embed("text", ["a dog"]), expected, atol=1e-6)
     np.testing.assert_allclose(by_argument.embed("text", ["a dog"]), expected, atol=1e-6)
 

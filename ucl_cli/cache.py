@@ -2,19 +2,28 @@
 nothing again (cf. llm's embeddings store and rclip's index).
 
 A vector is stored under (sha256 of the file's bytes, encoder key, digest of the encoder's
-preprocessing and of the media loader version, modality). Renaming or copying a file reuses its
-vector; a model, preprocessing or loader change only stops matching its own rows, and never
-invalidates another model's.
+preprocessing, of the media loader version and of the encoder's `weights_id`, modality). Renaming
+or copying a file reuses its vector; a model, weights, preprocessing or loader change only stops
+matching its own rows, and never invalidates another model's.
 
 The store is one SQLite file (default `config.cache_path()`):
 - numbered schema migrations recorded in `PRAGMA user_version`, applied in a transaction;
 - WAL journal: readers never block the writer, and a process killed mid-write leaves the last
   committed state (each batch is one transaction);
 - a busy timeout, so that concurrent `ucl` processes queue for the write lock instead of failing;
-- vectors as little-endian float32 blobs with their dimension, checked on read;
+- vectors as little-endian float32 blobs with their dimension and a checksum (blake2b of key
+  and bytes), verified on read: a damaged or non-finite row is a miss, recomputed and replaced,
+  and reported (once) through the cache's `on_warning`;
 - a memo of file hashes keyed by path and (size, mtime, ctime, inode), so unchanged files are
   not read again. A file modified within `RACY_WINDOW_NS` before it was hashed is hashed again
   next time: the file system's clock is too coarse to tell a same-size rewrite in that window.
+
+A cache never fails a run that can go on without it. A file or folder the user cannot write is
+read, and new vectors are kept in memory (so is everything once the disk is full); a file SQLite
+finds damaged is set aside for the run. `MemoryCache` is the same interface with no file at all
+(`--no-cache`, UCL_NO_CACHE=1); `open_cache` picks one, as the commands do. Each change is
+reported once through `on_warning` (default: `warnings.warn` with `CacheWarning`): the library
+never prints.
 
 This module imports no torch; `embed_files` works with any `Encoder`.
 """
@@ -26,6 +35,7 @@ import json
 import os
 import sqlite3
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ucl_cli import config
+from ucl_cli.digests import sha256_file
 from ucl_cli.errors import InputFileError, UclError
 
 if TYPE_CHECKING:
@@ -65,6 +76,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             hashed_ns INTEGER NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # Rows written before checksums keep NULL and count as absent: recomputed and replaced when
+    # next needed. Checksumming them here would certify bytes that may already be damaged (the
+    # defect checksums exist to catch), and would read every vector under the write lock.
+    ("ALTER TABLE embeddings ADD COLUMN checksum BLOB",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -73,10 +88,33 @@ BUSY_TIMEOUT_S = 60.0
 RACY_WINDOW_NS = 2_000_000_000
 # Keys per SELECT (SQLite allows at least 999 bound variables).
 _LOOKUP_CHUNK = 500
-_HASH_BLOCK = 1 << 20
 _VECTOR_DTYPE = np.dtype("<f4")
 
 ProgressCallback = Callable[[int], None]
+WarningCallback = Callable[[str], None]
+# Values of UCL_NO_CACHE that leave the cache on.
+_FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+
+class CacheWarning(UserWarning):
+    """The cache could not be used as asked (damaged rows or file, read-only, full); the run
+    went on. Issued only where no `on_warning` callback was given."""
+
+
+class CacheDamagedError(UclError):
+    """The cache file is not a database, or SQLite found it malformed."""
+
+    def __init__(self, path: Path | None, reason: str):
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"embedding cache {path}: {reason}; the file is damaged; delete it (it holds only "
+            "embeddings that can be recomputed)"
+        )
+
+
+class CacheUnavailableError(UclError):
+    """There is no cache file and none can be created (a read-only or missing folder)."""
 
 
 class _MemoRow(NamedTuple):
@@ -116,6 +154,8 @@ class CacheStats:
     vectors: int
     hashed_files: int
     models: list[ModelStats]
+    unverified: int = 0  # vectors from before checksums: misses, replaced when recomputed
+    read_only: bool = False
 
 
 @dataclass
@@ -127,11 +167,18 @@ class HashedFiles:
     read: int = 0  # files actually read (the rest came from the memo)
 
 
-def preprocessing_digest(preprocessing: Mapping[str, Any], *, loader_version: int) -> str:
-    """A stable digest of how inputs are prepared: canonical JSON of the encoder's preprocessing
-    and the media loader's version (raises TypeError for values that are not JSON)."""
+def preprocessing_digest(
+    preprocessing: Mapping[str, Any], *, loader_version: int, weights_id: str | None = None
+) -> str:
+    """A stable digest of how vectors are made besides the model key: canonical JSON of the
+    encoder's preprocessing, the media loader's version and the weights' id, so that two weight
+    files under one key (stand-ins then real weights, a fine-tune) never share vectors (raises
+    TypeError for values that are not JSON). No weights_id leaves the digest as it was."""
+    made_by: dict[str, Any] = {"preprocessing": preprocessing, "loader_version": loader_version}
+    if weights_id is not None:
+        made_by["weights_id"] = weights_id
     canonical = json.dumps(
-        {"preprocessing": preprocessing, "loader_version": loader_version},
+        made_by,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
@@ -139,25 +186,74 @@ def preprocessing_digest(preprocessing: Mapping[str, Any], *, loader_version: in
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+def encoder_digest(encoder: Encoder) -> str:
+    """The `preprocessing` part of the keys of `encoder`'s vectors: its preprocessing, the media
+    loader's version and its weights (`weights_id`, set by the registry's `load_encoder`)."""
+    from ucl_cli import media  # here, not at the top: media imports torch (for Modality)
+
+    return preprocessing_digest(
+        encoder.preprocessing,
+        loader_version=media.LOADER_VERSION,
+        weights_id=getattr(encoder, "weights_id", None),
+    )
 
 
 class EmbeddingCache:
-    """The SQLite store. One instance per thread; any number of processes may share the file."""
+    """The SQLite store. One instance per thread; any number of processes may share the file.
+
+    Reads and writes that the run can do without never fail it: see the module docstring.
+    `read_only` is true once vectors can no longer be written to the file (they are kept in
+    memory); `damaged` counts the stored rows that failed verification.
+    """
+
+    path: Path | None
+    read_only: bool
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, busy_timeout_s: float = BUSY_TIMEOUT_S
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        busy_timeout_s: float = BUSY_TIMEOUT_S,
+        on_warning: WarningCallback | None = None,
     ):
-        self.path = Path(path) if path is not None else config.cache_path()
-        self._connection = _connect(self.path, busy_timeout_s)
+        file = Path(path) if path is not None else config.cache_path()
+        self._start(file, on_warning)
+        connection, self.read_only = _connect(file, busy_timeout_s)
+        if not self.read_only:
+            self._connection = connection
+            return
+        try:
+            version = _schema_version(connection, file)
+        except BaseException:
+            connection.close()
+            raise
+        if version < SCHEMA_VERSION:  # cannot be migrated: nothing in it can be verified
+            connection.close()
+            self._warn(
+                "unusable",
+                f"embedding cache {file} is read-only and from an older ucl (schema v{version}): "
+                "running without it",
+            )
+            return
+        self._connection = connection
+        self._warn(
+            "unwritable",
+            f"embedding cache {file} is read-only: new vectors are kept in memory only",
+        )
+
+    def _start(self, path: Path | None, on_warning: WarningCallback | None) -> None:
+        self.path = path
+        self.on_warning = on_warning
+        self.read_only = False
+        self.damaged = 0
+        self._connection: sqlite3.Connection | None = None
+        self._memory: dict[CacheKey, np.ndarray] = {}  # vectors the file could not take
+        self._warned: set[str] = set()
 
     def close(self) -> None:
-        self._connection.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def __enter__(self) -> EmbeddingCache:
         return self
@@ -170,55 +266,72 @@ class EmbeddingCache:
     ) -> dict[CacheKey, np.ndarray]:
         """The stored vectors among `keys` (float32 [dim] each); absent keys are left out.
 
-        A row whose blob does not hold its recorded dimension, or whose dimension is not `dim`,
-        counts as absent: it is recomputed and overwritten rather than trusted.
+        A row written before checksums, or whose dimension is not `dim`, is absent. A row that
+        fails verification (checksum, blob length, finite values) is absent too, counted in
+        `damaged` and reported: it is recomputed and overwritten rather than trusted.
         """
+        wanted = set(keys)
+        found = {key: self._memory[key] for key in wanted if key in self._memory}
         groups: dict[tuple[str, str, str], list[str]] = {}
-        for key in set(keys):
+        for key in wanted - found.keys():
             groups.setdefault((key.model, key.preprocessing, key.modality), []).append(
                 key.content_hash
             )
-        found: dict[CacheKey, np.ndarray] = {}
-        with _sqlite_errors(self.path):
-            for (model, preprocessing, modality), hashes in groups.items():
-                hashes.sort()
-                for start in range(0, len(hashes), _LOOKUP_CHUNK):
-                    chunk = hashes[start : start + _LOOKUP_CHUNK]
-                    rows = self._connection.execute(
-                        "SELECT content_hash, dim, vector FROM embeddings WHERE model = ? AND "
-                        "preprocessing = ? AND modality = ? AND content_hash IN "
-                        f"({', '.join('?' * len(chunk))})",
-                        (model, preprocessing, modality, *chunk),
-                    )
-                    for content_hash, stored_dim, blob in rows:
-                        if len(blob) != stored_dim * _VECTOR_DTYPE.itemsize:
-                            continue
-                        if dim is not None and stored_dim != dim:
-                            continue
-                        vector = np.frombuffer(blob, dtype=_VECTOR_DTYPE).astype(np.float32)
-                        found[CacheKey(content_hash, model, preprocessing, modality)] = vector
+        damaged = 0
+        connection = self._connection
+        if connection is not None:
+            with self._degrading(writing=False):  # damage: what was read so far is verified
+                for (model, preprocessing, modality), hashes in groups.items():
+                    hashes.sort()
+                    for start in range(0, len(hashes), _LOOKUP_CHUNK):
+                        chunk = hashes[start : start + _LOOKUP_CHUNK]
+                        rows = connection.execute(
+                            "SELECT content_hash, dim, vector, checksum FROM embeddings WHERE "
+                            "model = ? AND preprocessing = ? AND modality = ? AND content_hash "
+                            f"IN ({', '.join('?' * len(chunk))})",
+                            (model, preprocessing, modality, *chunk),
+                        )
+                        for content_hash, stored_dim, blob, checksum in rows:
+                            key = CacheKey(content_hash, model, preprocessing, modality)
+                            vector = _verified(key, stored_dim, blob, checksum, dim)
+                            if vector is _DAMAGED:
+                                damaged += 1
+                            elif vector is not None:
+                                found[key] = vector
+        if damaged:
+            self.damaged += damaged
+            fate = "recomputed" if self.read_only else "recomputed and replaced"
+            self._warn(
+                "damaged rows",
+                f"embedding cache {self.path}: {_plural(damaged, 'stored vector')} "
+                f"{'was' if damaged == 1 else 'were'} damaged (checksum mismatch); "
+                f"{'it is' if damaged == 1 else 'they are'} {fate} (if this recurs, check the "
+                "disk)",
+            )
         return found
 
     def put_many(self, items: Iterable[tuple[CacheKey, np.ndarray]]) -> int:
         """Store (key, vector) pairs in ONE transaction: all of them, or (on any error, or if the
-        process dies) none. Replaces existing rows. Returns how many were written."""
-        now = time.time_ns()
-        written = 0
-
-        def rows() -> Iterator[tuple[object, ...]]:
-            nonlocal written
-            for key, vector in items:
-                blob = _vector_blob(key, vector)
-                written += 1
-                yield (*key, len(blob) // _VECTOR_DTYPE.itemsize, blob, now)
-
-        with _sqlite_errors(self.path), _transaction(self._connection) as connection:
-            connection.executemany(
-                "INSERT OR REPLACE INTO embeddings (content_hash, model, preprocessing, modality, "
-                "dim, vector, created_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows(),
-            )
-        return written
+        process dies) none. Replaces existing rows. Returns how many were stored (in memory when
+        the file cannot take them)."""
+        # Every vector is checked before the write lock is taken.
+        blobs = [(key, _vector_blob(key, vector)) for key, vector in items]
+        if self._connection is not None and not self.read_only and blobs:
+            now = time.time_ns()
+            rows = [
+                (*key, len(blob) // _VECTOR_DTYPE.itemsize, blob, now, _checksum(key, blob))
+                for key, blob in blobs
+            ]
+            with self._degrading(writing=True), _transaction(self._connection) as connection:
+                connection.executemany(
+                    "INSERT OR REPLACE INTO embeddings (content_hash, model, preprocessing, "
+                    "modality, dim, vector, created_ns, checksum) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                return len(rows)
+        for key, blob in blobs:
+            self._memory[key] = np.frombuffer(blob, dtype=_VECTOR_DTYPE).astype(np.float32)
+        return len(blobs)
 
     def hash_files(self, paths: Iterable[str | os.PathLike[str]]) -> HashedFiles:
         """sha256 of each file's bytes, reading only files whose stat changed since last time.
@@ -249,8 +362,8 @@ class EmbeddingCache:
             result.digests[path] = digest
             result.read += 1
             fresh.append(_memo_row(real, info, digest, hashed_ns))
-        if fresh:
-            with _sqlite_errors(self.path), _transaction(self._connection) as connection:
+        if fresh and self._connection is not None and not self.read_only:
+            with self._degrading(writing=True), _transaction(self._connection) as connection:
                 connection.executemany(
                     "INSERT OR REPLACE INTO file_hashes (path, size, mtime_ns, ctime_ns, inode, "
                     "content_hash, hashed_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -260,36 +373,43 @@ class EmbeddingCache:
 
     def stats(self) -> CacheStats:
         """What the cache holds, per (model, modality, dim), and its size on disk."""
-        with _sqlite_errors(self.path):
-            rows = self._connection.execute(
+        connection, path = self._file()
+        with _sqlite_errors(path):
+            rows = connection.execute(
                 "SELECT model, modality, dim, COUNT(*), SUM(LENGTH(vector)) FROM embeddings "
                 "GROUP BY model, modality, dim ORDER BY model, modality, dim"
             ).fetchall()
-            hashed = self._connection.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0]
-            version = self._connection.execute("PRAGMA user_version").fetchone()[0]
+            hashed = connection.execute("SELECT COUNT(*) FROM file_hashes").fetchone()[0]
+            unverified = connection.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE checksum IS NULL"
+            ).fetchone()[0]
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
         models = [
             ModelStats(model, modality, dim, count, size)
             for model, modality, dim, count, size in rows
         ]
         file_bytes = sum(
-            sidecar.stat().st_size
-            for sidecar in (self.path, Path(f"{self.path}-wal"))
-            if sidecar.exists()
+            sidecar.stat().st_size for sidecar in (path, Path(f"{path}-wal")) if sidecar.exists()
         )
         return CacheStats(
-            path=self.path,
+            path=path,
             file_bytes=file_bytes,
             schema_version=version,
             vectors=sum(entry.vectors for entry in models),
             hashed_files=hashed,
             models=models,
+            unverified=unverified,
+            read_only=self.read_only,
         )
 
     def clear(self, model: str | None = None) -> int:
         """Delete one model's vectors (all of them, and the hash memo, when `model` is None) and
         give the space back to the file system. Returns how many vectors were deleted."""
-        with _sqlite_errors(self.path):
-            with _transaction(self._connection) as connection:
+        connection, path = self._file()
+        if self.read_only:
+            raise UclError(f"embedding cache {path} is read-only: it cannot be cleared")
+        with _sqlite_errors(path):
+            with _transaction(connection):
                 if model is None:
                     removed = connection.execute("DELETE FROM embeddings").rowcount
                     connection.execute("DELETE FROM file_hashes")
@@ -298,17 +418,26 @@ class EmbeddingCache:
                         "DELETE FROM embeddings WHERE model = ?", (model,)
                     ).rowcount
             if removed:
-                self._connection.execute("VACUUM")
-                self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                connection.execute("VACUUM")
+                connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._memory.clear()
         return removed
+
+    def _file(self) -> tuple[sqlite3.Connection, Path]:
+        if self._connection is None or self.path is None:
+            raise UclError(f"embedding cache {self.path}: not open (running without it)")
+        return self._connection, self.path
 
     def _memo(self, real_paths: Sequence[str]) -> dict[str, _MemoRow]:
         memo: dict[str, _MemoRow] = {}
         unique = sorted(set(real_paths))
-        with _sqlite_errors(self.path):
+        connection = self._connection
+        if connection is None:
+            return memo
+        with self._degrading(writing=False):
             for start in range(0, len(unique), _LOOKUP_CHUNK):
                 chunk = unique[start : start + _LOOKUP_CHUNK]
-                rows = self._connection.execute(
+                rows = connection.execute(
                     "SELECT path, size, mtime_ns, ctime_ns, inode, content_hash, hashed_ns "
                     f"FROM file_hashes WHERE path IN ({', '.join('?' * len(chunk))})",
                     chunk,
@@ -317,6 +446,78 @@ class EmbeddingCache:
                     memo[path] = _MemoRow(*remembered)
         return memo
 
+    @contextmanager
+    def _degrading(self, *, writing: bool) -> Iterator[None]:
+        """SQLite errors a run can go on without: a damaged file is set aside (closed, memory
+        only); a write the file system refuses (read-only, full) leaves the file for reading
+        and keeps new vectors in memory. Any other error raises, as a UclError."""
+        try:
+            yield
+        except sqlite3.DatabaseError as err:
+            if _is_damage(err):
+                self.close()
+                self._warn("damaged file", _set_aside_message(self.path, str(err)))
+            elif writing and (_is_unwritable(err) or _is_full(err)):
+                self.read_only = True
+                if _is_full(err):
+                    message = (
+                        f"embedding cache {self.path}: {err}: new vectors are kept in memory "
+                        "only (free space, or `ucl cache clear`)"
+                    )
+                else:
+                    message = (
+                        f"embedding cache {self.path} is read-only: new vectors are kept in "
+                        "memory only"
+                    )
+                self._warn("unwritable", message)
+            else:
+                raise _cache_error(self.path, err) from err
+
+    def _warn(self, kind: str, message: str) -> None:
+        """Report `message` unless a warning of this kind was already reported."""
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        if self.on_warning is not None:
+            self.on_warning(message)
+        else:
+            warnings.warn(message, CacheWarning, stacklevel=4)
+
+
+class MemoryCache(EmbeddingCache):
+    """The cache's interface with no file: vectors live as long as the object (`--no-cache`,
+    UCL_NO_CACHE=1, or a cache file that cannot be opened or created)."""
+
+    def __init__(self, *, on_warning: WarningCallback | None = None):
+        self._start(None, on_warning)
+
+
+def open_cache(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    enabled: bool = True,
+    on_warning: WarningCallback | None = None,
+) -> EmbeddingCache:
+    """The cache a run embeds through: the file at `path` (default `config.cache_path()`), or a
+    MemoryCache when disabled (`enabled=False`, UCL_NO_CACHE=1) or when the file is damaged or
+    cannot be created, which is reported once through `on_warning`: a run never fails for want
+    of its cache."""
+    memory = MemoryCache(on_warning=on_warning)
+    if not enabled or cache_disabled():
+        return memory
+    try:
+        return EmbeddingCache(path, on_warning=on_warning)
+    except CacheDamagedError as err:
+        memory._warn("damaged file", _set_aside_message(err.path, err.reason))
+    except CacheUnavailableError as err:
+        memory._warn("unwritable", f"{err}; new vectors are kept in memory only")
+    return memory
+
+
+def cache_disabled() -> bool:
+    """UCL_NO_CACHE is set to anything but an empty string, 0, false, no or off."""
+    return os.environ.get("UCL_NO_CACHE", "").strip().lower() not in _FALSE_WORDS
+
 
 @dataclass
 class EmbeddedFiles:
@@ -324,7 +525,8 @@ class EmbeddedFiles:
 
     vectors: float32 [len(paths), dim], unit norm. cached: rows found in the cache; computed:
     distinct contents embedded by this call (files with identical bytes are embedded once).
-    skipped: one InputFileError per bad file.
+    skipped: one InputFileError per bad file. damaged: stored rows that failed verification and
+    were recomputed (the cache reports them through its `on_warning`).
     """
 
     paths: list[Path]
@@ -332,6 +534,7 @@ class EmbeddedFiles:
     skipped: list[InputFileError]
     cached: int
     computed: int
+    damaged: int = 0
 
 
 def embed_files(
@@ -360,7 +563,8 @@ def embed_files(
     modality_name = str(getattr(modality, "value", modality))
     if loader is None:
         loader = media.loader_for(modality_name, encoder.preprocessing)
-    digest = preprocessing_digest(encoder.preprocessing, loader_version=media.LOADER_VERSION)
+    digest = encoder_digest(encoder)
+    damaged_before = cache.damaged
     size = batch_size or encoder.default_batch_size
     failures: dict[Path, InputFileError] = {}
 
@@ -416,32 +620,93 @@ def embed_files(
     for row, path in enumerate(kept):
         matrix[row] = vectors[keys[path]]
     skipped = [failures[path] for path in dict.fromkeys(ordered) if path in failures]
-    return EmbeddedFiles(kept, matrix, skipped, cached=hits, computed=computed)
+    return EmbeddedFiles(
+        kept,
+        matrix,
+        skipped,
+        cached=hits,
+        computed=computed,
+        damaged=cache.damaged - damaged_before,
+    )
 
 
-def _connect(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
-    """Open (creating if needed) the cache file in WAL mode and bring its schema up to date."""
+def _connect(path: Path, busy_timeout_s: float) -> tuple[sqlite3.Connection, bool]:
+    """Open (creating if needed) the cache file in WAL mode and bring its schema up to date; or,
+    where it cannot be written, open it for reading only. Returns (connection, read_only)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise UclError(f"cannot create the embedding cache folder {path.parent}: {err}") from None
+        raise CacheUnavailableError(
+            f"cannot create the embedding cache folder {path.parent}: {err.strerror or err}"
+        ) from None
+    try:
+        return _open_writable(path, busy_timeout_s), False
+    except sqlite3.DatabaseError as err:
+        if not _is_unwritable(err):
+            raise _cache_error(path, err) from err
+        if not path.is_file():
+            raise CacheUnavailableError(f"cannot create the embedding cache {path}: {err}") from err
     with _sqlite_errors(path):
-        connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
-        try:
-            connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-            deadline = time.monotonic() + busy_timeout_s
-            # Switching a new file to WAL takes an exclusive lock for which SQLite does not
-            # always call its busy handler, so two processes opening a fresh cache at once can
-            # see "database is locked" at once: retry until the busy timeout instead.
-            _retry_while_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"), deadline)
-            # In WAL mode NORMAL loses no committed transaction when a process dies (only on
-            # power loss, which a cache of recomputable vectors can afford).
-            connection.execute("PRAGMA synchronous = NORMAL")
-            _retry_while_locked(lambda: _migrate(connection, path), deadline)
-        except BaseException:
-            connection.close()
-            raise
+        return _open_read_only(path, busy_timeout_s), True
+
+
+def _open_writable(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        deadline = time.monotonic() + busy_timeout_s
+        # Switching a new file to WAL takes an exclusive lock for which SQLite does not
+        # always call its busy handler, so two processes opening a fresh cache at once can
+        # see "database is locked" at once: retry until the busy timeout instead.
+        _retry_while_locked(lambda: connection.execute("PRAGMA journal_mode = WAL"), deadline)
+        # In WAL mode NORMAL loses no committed transaction when a process dies (only on
+        # power loss, which a cache of recomputable vectors can afford).
+        connection.execute("PRAGMA synchronous = NORMAL")
+        _retry_while_locked(lambda: _migrate(connection, path), deadline)
+        connection.execute("SELECT name FROM sqlite_master").fetchall()  # a damaged schema: now
+    except BaseException:
+        connection.close()
+        raise
     return connection
+
+
+def _open_read_only(path: Path, busy_timeout_s: float) -> sqlite3.Connection:
+    """A connection that never writes. Reading a WAL file needs its -shm index, which SQLite
+    creates next to the file; in a folder that cannot take it, the file is opened `immutable`:
+    without locks, and without what another process has not yet checkpointed (a row read while
+    the owner writes is caught by its checksum, a torn page as damage)."""
+    uri = path.absolute().as_uri()
+    try:
+        return _open_uri(f"{uri}?mode=ro", busy_timeout_s)
+    except sqlite3.DatabaseError as err:
+        if not _is_unwritable(err):
+            raise
+    return _open_uri(f"{uri}?mode=ro&immutable=1", busy_timeout_s)
+
+
+def _open_uri(uri: str, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open a read-only URI and read its schema (which is when SQLite opens the file)."""
+    connection = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, isolation_level=None)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        connection.execute("SELECT name FROM sqlite_master").fetchall()
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def _schema_version(connection: sqlite3.Connection, path: Path) -> int:
+    """The file's schema version; a newer one than this ucl knows is refused."""
+    with _sqlite_errors(path):
+        version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise UclError(
+            f"embedding cache {path} has schema version {version}, newer than this ucl knows "
+            f"({SCHEMA_VERSION}); upgrade ucl, or delete the file (it holds only embeddings "
+            "that can be computed again)"
+        )
+    return version
 
 
 def _retry_while_locked(step: Callable[[], object], deadline: float) -> None:
@@ -458,15 +723,8 @@ def _retry_while_locked(step: Callable[[], object], deadline: float) -> None:
 
 
 def _migrate(connection: sqlite3.Connection, path: Path) -> None:
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    if version == SCHEMA_VERSION:
+    if _schema_version(connection, path) == SCHEMA_VERSION:
         return
-    if version > SCHEMA_VERSION:
-        raise UclError(
-            f"embedding cache {path} has schema version {version}, newer than this ucl knows "
-            f"({SCHEMA_VERSION}); upgrade ucl, or delete the file (it holds only embeddings "
-            "that can be computed again)"
-        )
     with _transaction(connection):
         # Another process may have migrated while this one waited for the write lock.
         version = connection.execute("PRAGMA user_version").fetchone()[0]
@@ -484,29 +742,103 @@ def _transaction(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]
     try:
         yield connection
     except BaseException:
-        connection.execute("ROLLBACK")
+        if connection.in_transaction:  # SQLite has rolled back by itself after some errors
+            connection.execute("ROLLBACK")
         raise
     connection.execute("COMMIT")
 
 
 @contextmanager
-def _sqlite_errors(path: Path) -> Iterator[None]:
+def _sqlite_errors(path: Path | None) -> Iterator[None]:
     """SQLite failures as one UclError that names the cache file and says what to do."""
     try:
         yield
     except sqlite3.DatabaseError as err:
-        text = str(err)
-        if "locked" in text or "busy" in text:
-            advice = "another ucl process held it too long; try again"
-        elif "not a database" in text or "malformed" in text:
-            advice = (
-                "the file is damaged; delete it (it holds only embeddings that can be recomputed)"
-            )
-        elif "full" in text:
-            advice = "the disk is full; free space or clear the cache with `ucl cache clear`"
-        else:
-            advice = "delete the file if this persists (it holds only recomputable embeddings)"
-        raise UclError(f"embedding cache {path}: {text}; {advice}") from err
+        raise _cache_error(path, err) from err
+
+
+def _cache_error(path: Path | None, err: sqlite3.DatabaseError) -> UclError:
+    text = str(err)
+    if _is_damage(err):
+        return CacheDamagedError(path, text)
+    if "locked" in text or "busy" in text:
+        advice = "another ucl process held it too long; try again"
+    elif _is_full(err):
+        advice = "the disk is full; free space or clear the cache with `ucl cache clear`"
+    elif "readonly" in text:
+        advice = "the file or its folder cannot be written"
+    else:
+        advice = "delete the file if this persists (it holds only recomputable embeddings)"
+    return UclError(f"embedding cache {path}: {text}; {advice}")
+
+
+def _set_aside_message(path: Path | None, reason: str) -> str:
+    return (
+        f"embedding cache {path}: {reason}; the file is damaged: running without it (delete it; "
+        "it holds only embeddings that can be recomputed)"
+    )
+
+
+def _error_name(err: sqlite3.DatabaseError) -> str:
+    return getattr(err, "sqlite_errorname", "") or ""  # Python >= 3.11
+
+
+def _is_damage(err: sqlite3.DatabaseError) -> bool:
+    text = str(err)
+    return (
+        _error_name(err).startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+        or "malformed" in text
+        or "not a database" in text
+    )
+
+
+def _is_unwritable(err: sqlite3.DatabaseError) -> bool:
+    """The file system refused: a read-only file or folder (SQLite opens a write-protected file
+    for reading, then fails the first write), or a file or -shm index it may not create."""
+    text = str(err)
+    return (
+        _error_name(err).startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
+        or "readonly" in text
+        or "unable to open database file" in text
+    )
+
+
+def _is_full(err: sqlite3.DatabaseError) -> bool:
+    return _error_name(err).startswith("SQLITE_FULL") or "is full" in str(err)
+
+
+def _checksum(key: CacheKey, blob: bytes) -> bytes:
+    """blake2b-128 of the key and the vector's bytes: any flipped bit of the blob fails it, and
+    so does a row read under a key it was not written for."""
+    digest = hashlib.blake2b("\0".join(key).encode("utf-8"), digest_size=16)
+    digest.update(b"\0")
+    digest.update(blob)
+    return digest.digest()
+
+
+# `_verified`'s answer for a row that failed verification (None: a plain miss).
+_DAMAGED = np.empty(0, dtype=np.float32)
+
+
+def _verified(
+    key: CacheKey, stored_dim: int, blob: bytes, checksum: bytes | None, dim: int | None
+) -> np.ndarray | None:
+    """A stored row's vector; None for a miss (no checksum yet, another dimension); _DAMAGED
+    for a row that fails its checksum, its length, or holds non-finite values."""
+    if checksum is None:
+        return None
+    if checksum != _checksum(key, blob):
+        return _DAMAGED
+    if dim is not None and stored_dim != dim:
+        return None
+    if len(blob) != stored_dim * _VECTOR_DTYPE.itemsize:
+        return _DAMAGED
+    vector = np.frombuffer(blob, dtype=_VECTOR_DTYPE).astype(np.float32)
+    return vector if np.isfinite(vector).all() else _DAMAGED
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def _vector_blob(key: CacheKey, vector: np.ndarray) -> bytes:

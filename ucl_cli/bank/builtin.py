@@ -41,11 +41,14 @@ def audioset_texts() -> list[str]:
 
 
 def builtin_bank_name(encoders: Sequence[Encoder]) -> str:
-    """`audioset-<12 hex>`, one per set of models (key, dim and preprocessing; any order)."""
+    """`audioset-<12 hex>`, one per set of models (key, dim, preprocessing and weights; any
+    order): other weights of the same model get a bank of their own."""
     records = sorted(
         (ModelRecord.from_encoder(encoder) for encoder in encoders), key=lambda r: r.key
     )
-    identity = [[r.key, r.dim, r.preprocessing] for r in records]
+    identity = [
+        [r.key, r.dim, r.preprocessing] + ([r.weights] if r.weights else []) for r in records
+    ]
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
     return f"audioset-{digest.hexdigest()[:12]}"
 

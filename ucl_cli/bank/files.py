@@ -17,6 +17,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ucl_cli.digests import sha256_fd, sha256_file
+
+__all__ = ["sha256_fd", "sha256_file"]  # re-exported: the bank's files are checksummed with them
+
 # Rows copied or hashed per step: bounds the memory of every streaming pass (a few MiB).
 CHUNK_BYTES = 8 << 20
 
@@ -57,14 +61,6 @@ def publish_file(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK_BYTES):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class HashingWriter:
     """A file being written that checksums what passes through it, so no second read is needed."""
 
@@ -91,15 +87,6 @@ class HashingWriter:
 
     def __exit__(self, *exc: object) -> None:
         self._file.close()
-
-
-def sha256_fd(fd: int) -> str:
-    """Checksum of an open file from its start, without moving its offset."""
-    digest, offset = hashlib.sha256(), 0
-    while block := os.pread(fd, CHUNK_BYTES, offset):
-        digest.update(block)
-        offset += len(block)
-    return digest.hexdigest()
 
 
 def slug(text: str) -> str:

@@ -32,6 +32,8 @@ class ModelRecord:
     logit_scale: float
     preprocessing: dict[str, Any] = field(default_factory=dict)
     modalities: tuple[str, ...] = ()
+    # The identity of the weights that made the vectors ("sha256:..."); None: not recorded.
+    weights: str | None = None
 
     @classmethod
     def from_encoder(cls, encoder: Encoder) -> ModelRecord:
@@ -45,24 +47,33 @@ class ModelRecord:
             logit_scale=float(value["logit_scale"]),
             preprocessing=dict(value.get("preprocessing") or {}),
             modalities=tuple(value.get("modalities") or ()),
+            weights=None if value.get("weights") is None else str(value["weights"]),
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        value = {
             "key": self.key,
             "dim": self.dim,
             "logit_scale": self.logit_scale,
             "modalities": list(self.modalities),
             "preprocessing": self.preprocessing,
         }
+        if self.weights is not None:
+            value["weights"] = self.weights
+        return value
 
     def same_vectors_as(self, other: ModelRecord) -> bool:
-        """True when both would embed an item to the same vector (the logit scale may differ)."""
+        """True when both would embed an item to the same vector (the logit scale may differ),
+        as far as the records tell: weights are compared where both record them."""
         return (self.key, self.dim, _canonical(self.preprocessing)) == (
             other.key,
             other.dim,
             _canonical(other.preprocessing),
-        )
+        ) and not self.other_weights_than(other)
+
+    def other_weights_than(self, other: ModelRecord) -> bool:
+        """Both records name their weights, and they differ."""
+        return None not in (self.weights, other.weights) and self.weights != other.weights
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,14 @@ class Manifest:
     updated: str
     ucl_version: str
     format_version: int = FORMAT_VERSION
+    # Per model: the largest norm of its rows, rounded up (None: not recorded, older banks).
+    max_norms: tuple[float | None, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.max_norms:
+            object.__setattr__(self, "max_norms", (None,) * len(self.models))
+        for name in (self.items_file, *self.vector_files, *self.index_files, *self.files):
+            _check_file_name(name)
 
     def model_keys(self) -> list[str]:
         return [model.key for model in self.models]
@@ -107,9 +126,14 @@ class Manifest:
             "faiss_request": self.faiss_request,
             "items": self.items_file,
             "models": [
-                {**model.to_json(), "vectors": vectors, "index": index}
-                for model, vectors, index in zip(
-                    self.models, self.vector_files, self.index_files, strict=True
+                {
+                    **model.to_json(),
+                    "vectors": vectors,
+                    "index": index,
+                    **({} if max_norm is None else {"max_norm": max_norm}),
+                }
+                for model, vectors, index, max_norm in zip(
+                    self.models, self.vector_files, self.index_files, self.max_norms, strict=True
                 )
             ],
             "files": {
@@ -135,6 +159,10 @@ class Manifest:
             models=tuple(ModelRecord.from_json(model) for model in models),
             vector_files=tuple(str(model["vectors"]) for model in models),
             index_files=tuple(str(model["index"]) for model in models),
+            max_norms=tuple(
+                None if model.get("max_norm") is None else float(model["max_norm"])
+                for model in models
+            ),
             files={
                 name: FileRecord(sha256=str(record["sha256"]), size=int(record["bytes"]))
                 for name, record in value["files"].items()
@@ -167,8 +195,29 @@ def read_manifest(bank_dir: Path) -> Manifest:
         )
     try:
         return Manifest.from_json(value)
+    except UnsafeFileNameError as err:
+        raise BankError(f"{path} is refused: {err}") from None
     except (KeyError, TypeError, ValueError) as err:
         raise BankError(f"{path} is corrupt: missing or malformed field {err}") from None
+
+
+class UnsafeFileNameError(ValueError):
+    """A manifest names a file outside its bank directory."""
+
+
+def _check_file_name(name: str) -> None:
+    """Bank files are plain names inside the bank directory: a manifest naming `../x`, an
+    absolute path or a hidden file would make a reader open (or a writer delete) another file."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or name.startswith(".")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise UnsafeFileNameError(f"it names the file {name!r}, which is not inside the bank")
 
 
 def describe_models(models: Sequence[ModelRecord]) -> str:
@@ -184,11 +233,13 @@ def model_mismatch(
     bank: str,
     user: str,
     exact: bool = False,
+    weights: bool = True,
 ) -> str | None:
     """One sentence saying why vectors made by `held` cannot serve `wanted`, or None if they can.
 
     `bank` names the bank ("bank captions"), `user` what wants it ("the query", "this run");
-    `exact`: `wanted` must be all of `held` (a writer), not just some of it (a query).
+    `exact`: `wanted` must be all of `held` (a writer), not just some of it (a query);
+    `weights`: refuse vectors made by other weights of the same model (where both are known).
     """
     by_key = {model.key: model for model in held}
     missing = exact and {m.key for m in held} != {m.key for m in wanted}
@@ -204,12 +255,27 @@ def model_mismatch(
                 f"{bank} was built with {mine.key} (dim {mine.dim}); {user}'s encoder "
                 f"{model.key} has dim {model.dim}"
             )
+        if mine.other_weights_than(model):
+            if not weights:
+                continue
+            return (
+                f"{bank} was built with {mine.key} weights {_short(mine.weights)}; {user}'s "
+                f"encoder has weights {_short(model.weights)} (other weights give other "
+                "vectors: rebuild the bank, or pass --allow-other-weights to use it anyway)"
+            )
         if not mine.same_vectors_as(model):
             return (
                 f"{bank} embedded {mine.key} with preprocessing {_canonical(mine.preprocessing)}; "
                 f"{user}'s encoder uses {_canonical(model.preprocessing)}"
             )
     return None
+
+
+def _short(weights: str | None) -> str:
+    """'sha256:0123456789ab…': enough of a weights identity to tell two apart."""
+    if weights is None:
+        return "(unknown)"
+    return weights if len(weights) <= 19 else weights[:19] + "…"
 
 
 def now_iso() -> str:

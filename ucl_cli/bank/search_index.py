@@ -71,11 +71,20 @@ def write_index(index: faiss.Index, path: Path) -> None:
     faiss_module().write_index(index, str(path))
 
 
-def read_index(path: Path, factory: str) -> faiss.Index:
-    """Flat indexes are memory-mapped (their codes are the bank's vectors again)."""
+def read_index(path: Path, factory: str, *, name: str | None = None) -> faiss.Index:
+    """Flat indexes are memory-mapped (their codes are the bank's vectors again). A file FAISS
+    cannot parse is a BankError naming it (`name`: how to call the file, default its path)."""
     faiss = faiss_module()
     flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY if factory == "Flat" else 0
-    return faiss.read_index(str(path), flags)
+    try:
+        return faiss.read_index(str(path), flags)
+    except (RuntimeError, MemoryError) as err:
+        reason = str(err).strip().splitlines()
+        detail = next((line for line in reason if "Error" in line), reason[-1] if reason else "")
+        raise BankError(
+            f"{name or path} is not a readable FAISS index ({detail.strip()[:200]}); rebuild "
+            "the bank with `ucl index`"
+        ) from None
 
 
 def search(

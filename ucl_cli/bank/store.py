@@ -3,6 +3,12 @@
 `load_bank` opens every file the manifest names before returning, so a writer that publishes a
 new generation (and deletes the old files) afterwards does not disturb an open `Bank`: POSIX
 keeps an unlinked file alive while a process holds it open.
+
+Damage is detected, never used: every file is checked against the SHA-256 its manifest records,
+either all at once when the bank is opened (`verify="now"`) or each file the first time it is
+read (`verify="on_read"`, what queries use). Both go through the digest memo
+(`ucl_cli.digests`), so a file whose stat has not changed since it was last checked (or since
+`ucl index` wrote it) is not read again: a warm query pays a stat per file.
 """
 
 from __future__ import annotations
@@ -10,11 +16,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Union
+from typing import TYPE_CHECKING, BinaryIO, Literal, Union
 
 import numpy as np
 
-from ucl_cli.bank.files import map_npy, sha256_fd
+from ucl_cli.bank.files import map_npy
 from ucl_cli.bank.items import BankItem
 from ucl_cli.bank.manifest import (
     MANIFEST_NAME,
@@ -24,6 +30,7 @@ from ucl_cli.bank.manifest import (
     read_manifest,
 )
 from ucl_cli.bank.search_index import read_index, search
+from ucl_cli.digests import memoised_sha256
 from ucl_cli.errors import BankError
 
 if TYPE_CHECKING:
@@ -37,6 +44,10 @@ OPEN_ATTEMPTS = 5
 SAVE_BATCH_ROWS = 65_536
 
 ModelRef = Union[str, "Encoder", ModelRecord]  # a model key, or what carries one
+Verify = Literal["now", "on_read", "reread"]
+# The largest row norm assumed for a bank whose manifest does not record one (written before
+# rows were renormalised on write, when norms within 1e-3 of 1 were accepted).
+LEGACY_ROW_NORM = 1.001
 
 
 class Bank:
@@ -45,10 +56,20 @@ class Bank:
     Rows are aligned: row m of every model's matrix embeds `item(m)`.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, handles: dict[str, BinaryIO]):
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        handles: dict[str, BinaryIO],
+        *,
+        verified: bool = True,
+        check_weights: bool = True,
+    ):
         self.path = path
         self.manifest = manifest
+        self.check_weights = check_weights  # False: vectors of other weights are accepted
         self._handles = handles
+        self._verified: set[str] = set(handles) if verified else set()
         self._vectors: dict[int, np.ndarray] = {}
         self._indexes: dict[int, faiss.Index] = {}
         self._offsets: np.ndarray | None = None
@@ -73,11 +94,29 @@ class Bank:
         return f"Bank({str(self.path)!r}, {len(self)} items, models: {keys})"
 
     def check_models(self, encoders: Sequence[Encoder | ModelRecord]) -> None:
-        """Raise `BankError` (one sentence naming both sides) unless the bank serves them all."""
+        """Raise `BankError` (one sentence naming both sides) unless the bank serves them all,
+        made by the same weights (unless the bank was opened with `check_weights=False`)."""
         wanted = [_record(encoder) for encoder in encoders]
-        problem = model_mismatch(self.models, wanted, bank=f"bank {self.name}", user="the query")
+        problem = model_mismatch(
+            self.models,
+            wanted,
+            bank=f"bank {self.name}",
+            user="the query",
+            weights=self.check_weights,
+        )
         if problem is not None:
             raise BankError(problem)
+
+    def unknown_weights(self, encoders: Sequence[Encoder | ModelRecord]) -> list[str]:
+        """Keys of the models whose weights the query's encoders name but the manifest does not
+        record (banks written by an older ucl): those vectors cannot be checked against them."""
+        named = {record.key for record in map(_record, encoders) if record.weights is not None}
+        return [model.key for model in self.models if model.weights is None and model.key in named]
+
+    def row_norm(self, model: ModelRef) -> float:
+        """The largest norm of one model's rows, as the manifest records it (bounds use it)."""
+        recorded = self.manifest.max_norms[self.position(model)]
+        return LEGACY_ROW_NORM if recorded is None else recorded
 
     def position(self, model: ModelRef) -> int:
         key = model if isinstance(model, str) else model.key
@@ -91,8 +130,8 @@ class Bank:
         """Read-only float32 [M, dim] matrix of one model, memory-mapped."""
         position = self.position(model)
         if position not in self._vectors:
-            handle = self._handles[self.manifest.vector_files[position]]
-            self._vectors[position] = map_npy(handle)
+            name = self.manifest.vector_files[position]
+            self._vectors[position] = map_npy(self._checked(name))
         return self._vectors[position]
 
     def index(self, model: ModelRef, *, keep: bool = True) -> faiss.Index:
@@ -100,8 +139,13 @@ class Bank:
         caller passing over several large indexes once need not hold them all)."""
         position = self.position(model)
         if position not in self._indexes:
-            handle = self._handles[self.manifest.index_files[position]]
-            index = read_index(Path(f"/dev/fd/{handle.fileno()}"), self.manifest.faiss_index)
+            name = self.manifest.index_files[position]
+            handle = self._checked(name)
+            index = read_index(
+                Path(f"/dev/fd/{handle.fileno()}"),
+                self.manifest.faiss_index,
+                name=f"bank {self.name}: {name}",
+            )
             record = self.models[position]
             if index.ntotal != len(self) or index.d != record.dim:
                 raise BankError(
@@ -127,7 +171,7 @@ class Bank:
 
     def items(self) -> Iterator[BankItem]:
         """Every row's item, in row order, streamed."""
-        fd = self._handles[self.manifest.items_file].fileno()
+        fd = self._checked(self.manifest.items_file).fileno()
         offset, pending = 0, b""
         while block := os.pread(fd, 1 << 20, offset):
             offset += len(block)
@@ -143,7 +187,7 @@ class Bank:
         if not 0 <= row < len(self):
             raise IndexError(f"row {row} is outside bank {self.name} of {len(self)} rows")
         offsets = self._line_offsets()
-        handle = self._handles[self.manifest.items_file]
+        handle = self._checked(self.manifest.items_file)
         size = int(offsets[row + 1] - offsets[row])
         return BankItem.from_line(os.pread(handle.fileno(), size, int(offsets[row])))
 
@@ -163,9 +207,17 @@ class Bank:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _checked(self, name: str) -> BinaryIO:
+        """The open file `name`, checked against the manifest's SHA-256 on first use."""
+        handle = self._handles[name]
+        if name not in self._verified:
+            _verify_file(self.path, name, handle, self.manifest.files[name].sha256)
+            self._verified.add(name)
+        return handle
+
     def _line_offsets(self) -> np.ndarray:
         if self._offsets is None:
-            handle = self._handles[self.manifest.items_file]
+            handle = self._checked(self.manifest.items_file)
             starts, offset = [np.zeros(1, dtype=np.int64)], 0
             while block := os.pread(handle.fileno(), 1 << 22, offset):
                 newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == ord("\n"))
@@ -180,12 +232,18 @@ class Bank:
         return self._offsets
 
 
-def load_bank(path: str | Path, *, verify_checksums: bool = True) -> Bank:
+def load_bank(path: str | Path, *, verify: Verify = "now", check_weights: bool = True) -> Bank:
     """Open the bank at `path`, checking every file against the manifest.
 
-    Sizes, shapes and dtypes are always checked; SHA-256 checksums too unless
-    `verify_checksums=False` (which saves reading a large bank once more).
+    Sizes, shapes and dtypes are checked at once; SHA-256 checksums at once (`verify="now"`) or
+    each file's when it is first read (`"on_read"`: a query reads only what its method needs),
+    both skipping files the digest memo already vouches for; `"reread"` reads every file now
+    whatever the memo says (`ucl banks --verify`).
+    `check_weights=False` accepts encoders whose weights differ from the ones that made the
+    bank's vectors (`check_models` refuses them otherwise).
     """
+    if verify not in ("now", "on_read", "reread"):
+        raise ValueError(f"verify must be 'now', 'on_read' or 'reread', not {verify!r}")
     bank_dir = Path(path).expanduser()
     for attempt in range(OPEN_ATTEMPTS):
         manifest = read_manifest(bank_dir)
@@ -198,12 +256,14 @@ def load_bank(path: str | Path, *, verify_checksums: bool = True) -> Bank:
                 f"bank {bank_dir} is incomplete: {Path(err.filename).name} is missing"
             ) from None
         try:
-            _validate(bank_dir, manifest, handles, verify_checksums)
+            _validate(bank_dir, manifest, handles, verify)
         except BaseException:
             for handle in handles.values():
                 handle.close()
             raise
-        return Bank(bank_dir, manifest, handles)
+        return Bank(
+            bank_dir, manifest, handles, verified=verify != "on_read", check_weights=check_weights
+        )
     raise BankError(f"bank {bank_dir} keeps changing while being opened; try again")
 
 
@@ -224,7 +284,7 @@ def _open_files(bank_dir: Path, manifest: Manifest) -> dict[str, BinaryIO]:
 
 
 def _validate(
-    bank_dir: Path, manifest: Manifest, handles: dict[str, BinaryIO], verify_checksums: bool
+    bank_dir: Path, manifest: Manifest, handles: dict[str, BinaryIO], verify: Verify
 ) -> None:
     for name, record in manifest.files.items():
         size = os.fstat(handles[name].fileno()).st_size
@@ -240,14 +300,20 @@ def _validate(
                 f"bank {bank_dir} is inconsistent: {name} holds {matrix.dtype} "
                 f"{list(matrix.shape)}; the manifest says float32 [{manifest.count}, {model.dim}]"
             )
-    if verify_checksums:
+    if verify != "on_read":
         for name, record in manifest.files.items():
-            actual = sha256_fd(handles[name].fileno())
-            if actual != record.sha256:
-                raise BankError(
-                    f"bank {bank_dir} is corrupt: {name} has SHA-256 {actual[:12]}…; the "
-                    f"manifest says {record.sha256[:12]}…"
-                )
+            _verify_file(bank_dir, name, handles[name], record.sha256, reread=verify == "reread")
+
+
+def _verify_file(
+    bank_dir: Path, name: str, handle: BinaryIO, expected: str, *, reread: bool = False
+) -> None:
+    actual = memoised_sha256(bank_dir / name, fd=handle.fileno(), reread=reread)
+    if actual != expected:
+        raise BankError(
+            f"bank {bank_dir} is corrupt: {name} has SHA-256 {actual[:12]}…; the manifest says "
+            f"{expected[:12]}…"
+        )
 
 
 def _record(encoder: Encoder | ModelRecord) -> ModelRecord:

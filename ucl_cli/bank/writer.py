@@ -9,6 +9,7 @@ itself while it is built.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import time
@@ -41,15 +42,21 @@ from ucl_cli.bank.manifest import (
     now_iso,
     read_manifest,
 )
+from ucl_cli.bank.norms import largest_row_norm
 from ucl_cli.bank.search_index import build_index, check_factory, choose_factory, write_index
 from ucl_cli.bank.staging import Staging, discard_staging
+from ucl_cli.digests import remember
 from ucl_cli.errors import BankError, UsageError
 
 # Files a writer may leave behind; anything else in a bank directory is never touched.
 DATA_FILE = re.compile(
     r"^(items\.\d+\.jsonl|m\d+-.+\.\d+\.(npy|faiss)|manifest\.json)(\.tmp-\d+)?$"
 )
+# Rows further than NORM_TOLERANCE from unit norm are refused (a model bug); rows further than
+# RENORMALISE_ABOVE are renormalised in float64 on write, so stored rows are unit norm to float32
+# rounding (the manifest records the largest norm for the bounds that need it).
 NORM_TOLERANCE = 1e-3
+RENORMALISE_ABOVE = 1e-6
 FileTable = dict[str, FileRecord]
 
 
@@ -147,10 +154,12 @@ class BankWriter:
         factory = choose_factory(request, count)
         files: FileTable = {}
         items_file = self._write_items(base, generation, files)
-        vector_files, index_files = [], []
+        vector_files, index_files, max_norms = [], [], []
         for position, model in enumerate(self.models):
             name = f"m{position}-{slug(model.key)}.{generation:06d}"
-            vector_files.append(self._write_vectors(base, position, f"{name}.npy", count, files))
+            vectors, max_norm = self._write_vectors(base, position, f"{name}.npy", count, files)
+            vector_files.append(vectors)
+            max_norms.append(max_norm)
             index = build_index(self.dir / vector_files[-1], model.dim, count, factory)
             index_files.append(self._write_index(index, f"{name}.faiss", files))
             del index
@@ -168,6 +177,7 @@ class BankWriter:
             created=previous.created if previous else now_iso(),
             updated=now_iso(),
             ucl_version=__version__,
+            max_norms=tuple(max_norms),
         )
         atomic_write_json(self.dir / MANIFEST_NAME, manifest.to_json())
         self.published = manifest
@@ -238,18 +248,22 @@ class BankWriter:
 
     def _write_vectors(
         self, base: Manifest | None, position: int, name: str, count: int, files: FileTable
-    ) -> str:
+    ) -> tuple[str, float]:
+        """Write one model's matrix; returns its name and its rows' largest norm (rounded up)."""
         dim = self.models[position].dim
         tmp = temporary_path(self.dir / name)
+        chunks = []
+        if base is not None:
+            chunks.append(iter_npy_rows(self.dir / base.vector_files[position], dim))
+        if self.staging is not None:
+            chunks.append(self.staging.iter_vectors(position))
+        largest = 0.0
         with HashingWriter(tmp) as out:
             write_npy_header(out, count, dim)
-            if base is not None:
-                for chunk in iter_npy_rows(self.dir / base.vector_files[position], dim):
-                    out.write(chunk.tobytes())
-            if self.staging is not None:
-                for chunk in self.staging.iter_vectors(position):
-                    out.write(chunk.tobytes())
-        return self._publish(tmp, name, files, FileRecord(out.sha256, out.size))
+            for chunk in itertools.chain.from_iterable(chunks):
+                largest = max(largest, largest_row_norm(chunk))
+                out.write(chunk.tobytes())
+        return self._publish(tmp, name, files, FileRecord(out.sha256, out.size)), largest
 
     def _write_index(self, index: object, name: str, files: FileTable) -> str:
         tmp = temporary_path(self.dir / name)
@@ -259,6 +273,7 @@ class BankWriter:
     def _publish(self, tmp: Path, name: str, files: FileTable, record: FileRecord) -> str:
         publish_file(tmp, self.dir / name)
         files[name] = record
+        remember(self.dir / name, record.sha256)  # checksummed on the way: readers need not
         return name
 
     def _remove_unreferenced(self) -> None:
@@ -283,13 +298,18 @@ def _checked_rows(matrix: np.ndarray, model: ModelRecord, count: int) -> np.ndar
             f"{model.key} gave vectors of shape {tuple(rows.shape)}; the bank needs "
             f"[{count}, {model.dim}]"
         )
-    norms = np.linalg.norm(rows, axis=1)
+    wide = rows.astype(np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", wide, wide))
     bad = np.flatnonzero(~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE))
     if bad.size:
         raise BankError(
             f"{model.key} gave a vector of norm {norms[bad[0]]:.4g} for batch row {bad[0]}; "
             "bank rows must be finite and unit norm"
         )
+    off = np.abs(norms - 1) > RENORMALISE_ABOVE
+    if off.any():  # unit-norm rows are stored bit for bit as given
+        rows = rows.copy()
+        rows[off] = (wide[off] / norms[off, None]).astype(np.float32)
     return rows
 
 

@@ -15,6 +15,12 @@ than one ceiling for the whole bank (`ucl_cli.estimators.topk.GroupedRest`), and
 products <q, c_j> that, with each row's own distance ||x - c_j||, bound row by row. The list and
 distance of every bank row take one pass over the index (the scan); it is made on first use,
 kept, and saved to `scan_cache` when one is named (`ucl index` saves it for each IVF bank).
+
+Every bound here is about the exact inner products of the stored float32 vectors. FAISS's float32
+products are within gamma_d ||q|| ||x|| of them (`dot_rounding_bound`), so each ceiling adds that
+much; row distances are computed as ||x - c|| in float64 (never as ||x||^2 - 2<x, c> + ||c||^2,
+which cancels for rows close to their centroid) and rounded up; and no row is assumed to have
+unit norm: the largest row norm (`row_norm_bound`) caps what a product can be.
 """
 
 from __future__ import annotations
@@ -29,8 +35,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-# Slack for float32 rounding in FAISS's inner products (unit vectors: |error| << 1e-5).
-ROUNDING_SLACK = 1e-5
+from ucl_cli.bank.norms import largest_row_norm
+from ucl_cli.estimators.topk import dot_rounding_bound
+
+# Bumped whenever the saved scan's meaning changes; a scan of another version is made again.
+SCAN_VERSION = 2
+# float64 ||x - c|| is within (d + 2) ulps of the exact distance; round it up by more.
+_DISTANCE_ROUND_UP = 4 * np.finfo(np.float64).eps
 # IVF lists a `topk` search first visits per candidate (more, 4x at a time, for just the
 # candidates whose bounds block the result): enough to cover most candidates' own
 # neighbourhood, whose rows the per-row bounds would otherwise overcharge.
@@ -85,6 +96,8 @@ class CertifiedNearest:
     # Where to keep the one-pass scan (each row's list and centroid distance) between processes;
     # name it by the index's content hash. None: scan on first use in every process.
     scan_cache: Path | None = None
+    # The largest norm of any bank row (a bank's manifest records it); None: measured here.
+    row_norm_bound: float | None = None
     _groups: np.ndarray | None = field(default=None, init=False, repr=False)
     _distances: np.ndarray | None = field(default=None, init=False, repr=False)
     _radii: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -96,10 +109,14 @@ class CertifiedNearest:
         """The T nearest rows of each vector, visiting `nprobe` lists (default: the search's)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         t = min(t, self.index.ntotal)
+        # How far FAISS's float32 products of each query may be from the exact ones.
+        norm = np.linalg.norm(queries.astype(np.float64), axis=1, keepdims=True)
+        gamma = dot_rounding_bound(queries.shape[1])
+        slack = gamma * norm[:, 0] * self.row_norm()
         ivf = _ivf(self.index)
         if ivf is None:
             values, rows = self.index.search(queries, t)
-            ceiling = values[:, -1].astype(np.float64) + ROUNDING_SLACK
+            ceiling = values[:, -1].astype(np.float64) + slack
             return Neighbours(values, rows, ceiling, ceiling[:, None])
         nprobe = min(nprobe or self.nprobe or ivf.nprobe, ivf.nlist)
         values, rows, probed = _search_lists(ivf, self.index, queries, t, nprobe)
@@ -107,14 +124,16 @@ class CertifiedNearest:
         while nprobe < ivf.nlist and (rows < 0).any():
             nprobe = min(2 * nprobe, ivf.nlist)
             values, rows, probed = _search_lists(ivf, self.index, queries, t, nprobe)
-        ceiling = values[:, -1].astype(np.float64) + ROUNDING_SLACK
-        products = (queries @ _centroids(ivf).T).astype(np.float64) + ROUNDING_SLACK
+        ceiling = values[:, -1].astype(np.float64) + slack
+        centroids = _centroids(ivf)
+        centroid_norms = np.linalg.norm(centroids.astype(np.float64), axis=1)
+        products = (queries @ centroids.T).astype(np.float64) + gamma * norm * centroid_norms
         if nprobe >= ivf.nlist:  # every list visited: the T-th value bounds every other row
             groups = np.repeat(ceiling[:, None], ivf.nlist, axis=1)
             return Neighbours(values, rows, ceiling, groups, products)
-        # Bank rows are unit norm, so no inner product exceeds ||q||.
-        norm = np.linalg.norm(queries, axis=1, keepdims=True).astype(np.float64)
-        groups = np.minimum(products + norm * self.radii()[None, :], norm + ROUNDING_SLACK)
+        # No inner product exceeds ||q|| times the largest row norm.
+        cap = norm * self.row_norm()
+        groups = np.minimum(products + norm * self.radii()[None, :], cap)
         np.put_along_axis(groups, probed, ceiling[:, None], axis=1)
         ceiling = np.maximum(ceiling, groups.max(axis=1))
         return Neighbours(values, rows, ceiling, groups, products)
@@ -149,13 +168,19 @@ class CertifiedNearest:
         self._scan(_ivf(self.index))
         return self._radii
 
+    def row_norm(self) -> float:
+        """The largest norm of any bank row, rounded up (the stated bound, or measured once)."""
+        if self.row_norm_bound is None:
+            self.row_norm_bound = largest_row_norm(self.vectors)
+        return self.row_norm_bound
+
     def _scan(self, ivf: faiss.IndexIVF) -> None:
         """One pass over the bank, list by list: each row's list and distance to its centroid."""
         if self._groups is not None:
             return
         if self._load_scan(ivf.nlist):
             return
-        centroids = _centroids(ivf)
+        centroids = _centroids(ivf).astype(np.float64)
         groups = np.zeros(len(self.vectors), dtype=np.int64)
         distances = np.zeros(len(self.vectors), dtype=np.float64)
         # An IVFFlat list stores its rows' vectors contiguously: read them there, not by a
@@ -175,7 +200,7 @@ class CertifiedNearest:
                 members = members[order]
                 rows = np.asarray(self.vectors[members], dtype=np.float32)
             groups[members] = j
-            distances[members] = _distances_to(rows, centroids[j]) + ROUNDING_SLACK
+            distances[members] = _distances_to(rows, centroids[j])
         self._set_scan(groups, distances, ivf.nlist)
         self._save_scan()
 
@@ -190,8 +215,10 @@ class CertifiedNearest:
             return False
         try:
             with np.load(self.scan_cache) as saved:
+                if int(saved["version"]) != SCAN_VERSION:
+                    return False
                 groups, distances = saved["groups"].astype(np.int64), saved["distances"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             return False
         rows = len(self.vectors)
         if groups.shape != (rows,) or distances.shape != (rows,) or groups.max(initial=0) >= nlist:
@@ -207,7 +234,12 @@ class CertifiedNearest:
             self.scan_cache.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=self.scan_cache.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as out:
-                np.savez(out, groups=self._groups.astype(np.int32), distances=self._distances)
+                np.savez(
+                    out,
+                    version=np.int32(SCAN_VERSION),
+                    groups=self._groups.astype(np.int32),
+                    distances=self._distances,
+                )
             os.replace(tmp, self.scan_cache)
         except OSError:
             with contextlib.suppress(OSError, UnboundLocalError):
@@ -244,14 +276,13 @@ class LazyNearest:
 
 
 def _distances_to(rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """||x - c|| per row as sqrt(||x||^2 - 2 <x, c> + ||c||^2): two matrix-vector products,
-    several times faster than forming x - c; the float64 sum keeps the cancellation harmless."""
-    square = (
-        np.einsum("ij,ij->i", rows, rows, dtype=np.float64)
-        - 2.0 * (rows @ centre).astype(np.float64)
-        + float(centre @ centre)
-    )
-    return np.sqrt(np.maximum(square, 0.0))
+    """||x - c|| per row, never below the exact distance of the stored vectors: the difference
+    of two float32 vectors is exact in float64, and the float64 norm is rounded up by more than
+    its own rounding. (Not sqrt(||x||^2 - 2<x, c> + ||c||^2): for rows within 1e-4 of their
+    centroid the float32 product cancels to errors of several 1e-4, above the distance itself.)"""
+    residual = rows.astype(np.float64) - centre
+    distances = np.sqrt(np.einsum("ij,ij->i", residual, residual))
+    return distances * (1 + (rows.shape[1] + 2) * _DISTANCE_ROUND_UP)
 
 
 def _centroids(ivf: faiss.IndexIVF) -> np.ndarray:

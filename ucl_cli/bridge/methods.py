@@ -18,11 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from ucl_cli.bank.norms import largest_row_norm
 from ucl_cli.errors import UsageError
 from ucl_cli.estimators import (
     certify_ranking,
@@ -31,8 +33,15 @@ from ucl_cli.estimators import (
     partial_bridge_scores,
     topk_bridge_bounds,
 )
+from ucl_cli.estimators.bridge import _full_precision_matmul
 from ucl_cli.estimators.explain import Explanation
-from ucl_cli.estimators.topk import GroupedRest, TopEntries, rest_logmass, top_entries
+from ucl_cli.estimators.topk import (
+    GroupedRest,
+    TopEntries,
+    dot_rounding_bound,
+    rest_logmass,
+    top_entries,
+)
 
 # Bank rows scored per step: bounds memory at (N + K) * BANK_CHUNK floats whatever M is.
 BANK_CHUNK = 1 << 16
@@ -55,6 +64,13 @@ class BridgeSide:
     bank: np.ndarray  # [M, d], float32 unit-norm rows (may be a memory map)
     scale: float
     nearest: NearestRows | None = None  # FAISS search over `bank`, for `topk`'s candidate side
+    # The largest norm of any bank row (a bank's manifest records it); None: measured on use.
+    max_norm: float | None = None
+
+    @cached_property
+    def row_norm(self) -> float:
+        """What `topk`'s bounds take as the largest row norm: never assumed to be 1."""
+        return self.max_norm if self.max_norm is not None else largest_row_norm(self.bank)
 
 
 @dataclass(frozen=True)
@@ -119,6 +135,24 @@ def topk_scores(
     nearest = candidate_side.nearest
     if nearest is None:
         raise UsageError("the topk method needs a nearest-neighbour index on the candidate side")
+    with _full_precision_matmul():  # the rounding bounds assume true float32 products
+        return _topk_rounds(
+            queries, candidates, query_side, candidate_side, top, start_t, max_t, device
+        )
+
+
+def _topk_rounds(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    query_side: BridgeSide,
+    candidate_side: BridgeSide,
+    top: int,
+    start_t: int,
+    max_t: int,
+    device: str,
+) -> Scores:
+    nearest = candidate_side.nearest
+    limits = PathLimits.of(queries, candidates, query_side, candidate_side)
     left = _full_left(_tensor(queries, device), query_side, device)  # [N, M]
     bank_size = left.shape[1]
     needed = min(top, candidates.shape[0])
@@ -131,7 +165,9 @@ def topk_scores(
     t = min(max(start_t, QUERY_T_START), max_t, bank_size)
     previous: tuple[int, float] | None = None
     while True:
-        scores = _bounded_scores(left, candidates, found, query_side, candidate_side, t, device)
+        scores = _bounded_scores(
+            left, candidates, found, query_side, candidate_side, t, limits, device
+        )
         leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
         width = _leading_width(scores, needed)
         if leading >= needed:
@@ -171,6 +207,41 @@ def _leading_width(scores: Scores, needed: int) -> float:
     return float(width.max()) if width.numel() else 0.0
 
 
+@dataclass(frozen=True)
+class PathLimits:
+    """What the products' magnitudes and rounding allow `topk`'s bounds to assume.
+
+    By Cauchy-Schwarz no critic value is below -scale ||q|| ||x||, with the largest norms of the
+    queries (candidates) and of the bank rows (`BridgeSide.row_norm`: rows are never assumed
+    unit). Every value is a float32 product scaled in float32, so it is within
+    scale gamma_{D+2} ||q|| ||x|| of the exact one (`dot_rounding_bound`); `value_error` is
+    that for the two sides together, by which the bounds are widened.
+    """
+
+    left_floor: float
+    right_floor: float
+    value_error: float
+
+    @classmethod
+    def of(
+        cls,
+        queries: np.ndarray,
+        candidates: np.ndarray,
+        query_side: BridgeSide,
+        candidate_side: BridgeSide,
+    ) -> PathLimits:
+        left = query_side.scale * _largest_norm(queries) * query_side.row_norm
+        right = candidate_side.scale * _largest_norm(candidates) * candidate_side.row_norm
+        error = left * dot_rounding_bound(queries.shape[1] + 2) + right * dot_rounding_bound(
+            candidates.shape[1] + 2
+        )
+        return cls(left_floor=-left, right_floor=-right, value_error=error)
+
+
+def _largest_norm(vectors: np.ndarray) -> float:
+    return largest_row_norm(np.asarray(vectors)) if len(vectors) else 0.0
+
+
 def _bounded_scores(
     left: torch.Tensor,
     candidates: np.ndarray,
@@ -178,9 +249,10 @@ def _bounded_scores(
     query_side: BridgeSide,
     candidate_side: BridgeSide,
     t: int,
+    limits: PathLimits,
     device: str,
 ) -> Scores:
-    left_top = top_entries(left, t)  # exact: the T-th value bounds every other row
+    left_top = top_entries(left, t)  # the T-th value bounds every other row
     scale = candidate_side.scale
     right_top = _scaled_top(found.values, found.rows, found.ceiling, scale, device)
     c = _tensor(candidates, device)
@@ -196,9 +268,10 @@ def _bounded_scores(
         right_at_left_top,
         left_at_right_top,
         bank_size=left.shape[1],
-        left_floor=-query_side.scale,  # cosine >= -1
-        right_floor=-candidate_side.scale,
+        left_floor=limits.left_floor,
+        right_floor=limits.right_floor,
         rest=rest,
+        value_error=limits.value_error,
     )
     ranking = certify_ranking(bounds)
     return Scores(
@@ -272,7 +345,7 @@ def _scaled_top(
     return TopEntries(
         _tensor(values, device) * scale,
         torch.as_tensor(rows, device=device),
-        torch.as_tensor(ceiling * scale, dtype=torch.float32, device=device),
+        torch.as_tensor(ceiling * scale, dtype=torch.float64, device=device),  # not rounded down
     )
 
 

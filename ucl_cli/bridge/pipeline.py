@@ -19,7 +19,7 @@ from ucl_cli.bank import Bank
 from ucl_cli.bridge import methods
 from ucl_cli.bridge.methods import BridgeSide, Scores
 from ucl_cli.bridge.sides import bank_side
-from ucl_cli.cache import EmbeddingCache, embed_files
+from ucl_cli.cache import EmbeddingCache, embed_files, open_cache
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
 from ucl_cli.modality import Modality
@@ -125,7 +125,7 @@ def search(
     candidate_modality = next(iter(found.modalities))
     bank.check_models(encoders)
     own_cache = cache is None
-    cache = cache or EmbeddingCache()
+    cache = cache or open_cache()
     report = SearchReport(results=[], skipped=list(found.skipped))
     try:
         for query_modality in sorted(query_files.modalities, key=lambda m: m.value):
@@ -314,11 +314,18 @@ def _explanations(
     )
     out = {}
     for p, pair in enumerate(pairs):
-        rows = explanation.bank_indices[p].tolist()
-        texts = bank.texts(rows)
+        # A pair with no finite path lists no rows (NO_ROW, weight 0): nothing carried it.
+        listed = [
+            (row, weight)
+            for row, weight in zip(
+                explanation.bank_indices[p].tolist(), explanation.weights[p].tolist(), strict=True
+            )
+            if row >= 0
+        ]
+        texts = bank.texts([row for row, _ in listed])
         weights = tuple(
             BridgeWeight(row, text, float(weight))
-            for row, text, weight in zip(rows, texts, explanation.weights[p].tolist(), strict=True)
+            for (row, weight), text in zip(listed, texts, strict=True)
         )
         out[pair] = (weights, float(explanation.effective_sample_size[p]))
     return out

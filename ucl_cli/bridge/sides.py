@@ -28,17 +28,19 @@ def bank_side(bank: Bank, encoder: Encoder, rows: np.ndarray | None) -> BridgeSi
     otherwise those rows copied into memory with an exact inner-product index of their own.
     Either search certifies the rows it did not return, as `topk` needs. The index is opened
     (or built) on first search only: the other methods never read it."""
+    max_norm = bank.row_norm(encoder.key)  # what the manifest records: no pass over the rows
     if rows is None:
         vectors = bank.vectors(encoder.key)
         scan_cache = _scan_path(bank, encoder.key)
 
         def search() -> CertifiedNearest:
             index = bank.index(encoder.key)
-            return CertifiedNearest(index, vectors, DEFAULT_NPROBE, scan_cache)
+            return CertifiedNearest(index, vectors, DEFAULT_NPROBE, scan_cache, max_norm)
 
-        return BridgeSide(vectors, encoder.logit_scale, LazyNearest(search))
+        return BridgeSide(vectors, encoder.logit_scale, LazyNearest(search), max_norm)
     matrix = np.ascontiguousarray(bank.vectors(encoder.key)[rows], dtype=np.float32)
-    return BridgeSide(matrix, encoder.logit_scale, LazyNearest(lambda: _flat_search(matrix)))
+    search = LazyNearest(lambda: _flat_search(matrix, max_norm))
+    return BridgeSide(matrix, encoder.logit_scale, search, max_norm)
 
 
 def save_index_scans(bank: Bank) -> int:
@@ -69,9 +71,9 @@ def _scan_path(bank: Bank, key: str) -> Path | None:
     return None if digest is None else config.index_bounds_dir() / f"{digest}.npz"
 
 
-def _flat_search(matrix: np.ndarray) -> CertifiedNearest:
+def _flat_search(matrix: np.ndarray, max_norm: float) -> CertifiedNearest:
     import faiss
 
     index = faiss.IndexFlatIP(matrix.shape[1])
     index.add(matrix)
-    return CertifiedNearest(index, matrix)
+    return CertifiedNearest(index, matrix, row_norm_bound=max_norm)

@@ -37,6 +37,16 @@ TOPK_K = typer.Option(64, "--k", min=1, help="topk: nearest bank rows found per 
 TOPK_K_MAX = typer.Option(
     8192, "--k-max", min=1, help="topk: most top bank rows used per query (from 1,024 up)."
 )
+NO_CACHE = typer.Option(
+    False, "--no-cache", help="Neither read nor write the embedding cache (or UCL_NO_CACHE=1)."
+)
+
+
+ALLOW_OTHER_WEIGHTS = typer.Option(
+    False,
+    "--allow-other-weights",
+    help="Use a bank whose vectors were made by other weights of the same models.",
+)
 
 
 def load_encoder(key: str, *, device: str) -> Encoder:
@@ -97,12 +107,28 @@ def existing_bank(spec: str) -> Path:
     return path
 
 
-def open_bank(bank_dir: Path | None, encoders: Sequence[Encoder], console: Console) -> Bank:
-    """The bank at `bank_dir`, or the built-in AudioSet bank for these encoders when None."""
+def open_bank(
+    bank_dir: Path | None,
+    encoders: Sequence[Encoder],
+    console: Console,
+    *,
+    allow_other_weights: bool = False,
+) -> Bank:
+    """The bank at `bank_dir`, or the built-in AudioSet bank for these encoders when None
+    (which is keyed by their weights, so it always matches them)."""
     from ucl_cli.bank import builtin_bank, load_bank
 
     if bank_dir is not None:
-        # Sizes and shapes are checked on every open; re-hashing gigabytes each run is not.
-        return load_bank(bank_dir, verify_checksums=False)
+        bank = load_bank(bank_dir, verify="on_read", check_weights=not allow_other_weights)
+        unknown = bank.unknown_weights(encoders)
+        if unknown:
+            console.print(
+                f"[yellow]ucl:[/] bank {bank.name} does not record which weights made its "
+                f"{', '.join(unknown)} vectors (built by an older ucl): they cannot be checked "
+                "against this query's models; index the corpus again into a new bank to record "
+                "them",
+                soft_wrap=True,
+            )
+        return bank
     with console.status("preparing the built-in AudioSet bank (first use only)"):
         return builtin_bank(list(encoders))

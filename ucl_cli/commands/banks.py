@@ -94,7 +94,7 @@ def _verified(summary: BankSummary) -> str:
     from ucl_cli.errors import BankError
 
     try:
-        load_bank(summary.path, verify_checksums=True).close()
+        load_bank(summary.path, verify="reread").close()
     except BankError as err:
         return f"[red]{escape(str(err))}[/]"
     return "checksums ok"

@@ -35,15 +35,17 @@ def info() -> None:
     if not path.exists():
         messages.print(f"no embedding cache yet at {escape(str(path))}")
         return
-    with EmbeddingCache(path) as cache:
+    with EmbeddingCache(path, on_warning=_ignore) as cache:  # read-only: said in the caption
         stats = cache.stats()
-    table = Table(
-        title=f"embedding cache {escape(str(path))}",
-        caption=(
-            f"{stats.vectors:,} vectors, {_size(stats.file_bytes)} on disk, "
-            f"{stats.hashed_files:,} file hashes remembered, schema v{stats.schema_version}"
-        ),
+    caption = (
+        f"{stats.vectors:,} vectors, {_size(stats.file_bytes)} on disk, "
+        f"{stats.hashed_files:,} file hashes remembered, schema v{stats.schema_version}"
     )
+    if stats.unverified:
+        caption += f"; {stats.unverified:,} from before checksums (recomputed when next needed)"
+    if stats.read_only:
+        caption += "; read-only"
+    table = Table(title=f"embedding cache {escape(str(path))}", caption=caption)
     table.add_column("model")
     table.add_column("modality")
     for column in ("dim", "vectors", "size"):
@@ -76,7 +78,7 @@ def clear(
     if not path.exists():
         messages.print(f"nothing to clear: no embedding cache at {escape(str(path))}")
         return
-    with EmbeddingCache(path) as cache:
+    with EmbeddingCache(path, on_warning=_ignore) as cache:  # read-only: clear() says so
         cached_models = sorted({entry.model for entry in cache.stats().models})
         removed = cache.clear(model)
     if model is not None and removed == 0:
@@ -97,6 +99,10 @@ def _clear_index_scans(messages: Console) -> None:
         where = escape(str(config.index_bounds_dir()))
         plural = "" if len(scans) == 1 else "s"
         messages.print(f"removed {len(scans):,} saved index scan{plural} from {where}")
+
+
+def _ignore(message: str) -> None:
+    """For warnings that are about embedding runs, not about looking at the cache."""
 
 
 def _size(count: int) -> str:

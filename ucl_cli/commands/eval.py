@@ -15,10 +15,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from ucl_cli.commands._shared import (
+    ALLOW_OTHER_WEIGHTS,
     BANK,
     BATCH_SIZE,
     DEVICE,
     IMAGE_TEXT_MODEL,
+    NO_CACHE,
     TEXT_AUDIO_MODEL,
     TOPK_K,
     TOPK_K_MAX,
@@ -97,8 +99,11 @@ def evaluate_command(
     strict: bool = typer.Option(
         False, "--strict", help="Fail at the first unreadable file instead of leaving its item out."
     ),
+    no_cache: bool = NO_CACHE,
+    allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
 ) -> None:
     """Measure recall@k (fair ties), mean rank and 95% intervals of each method on paired data."""
+    from ucl_cli.cache import open_cache
     from ucl_cli.commands._shared import existing_bank, load_encoders, model_keys, open_bank
     from ucl_cli.config import resolve_device
     from ucl_cli.evaluation import (
@@ -132,10 +137,23 @@ def evaluate_command(
     bank_dir = None if bank is None else existing_bank(bank)
     keys = model_keys(bank_dir, image_text_model, text_audio_model)
     encoders = load_encoders(keys, options.device, stderr)
-    opened = open_bank(bank_dir, encoders, stderr)
-    with opened, _Progress(stderr) as progress:
+    opened = open_bank(bank_dir, encoders, stderr, allow_other_weights=allow_other_weights)
+
+    def on_cache_warning(text: str) -> None:
+        stderr.print(f"[yellow]ucl:[/] {escape(text)}", soft_wrap=True)
+
+    with (
+        opened,
+        open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
+        _Progress(stderr) as progress,
+    ):
         report = evaluate(
-            pairs, encoders=encoders, bank=opened, options=options, listener=progress.listener()
+            pairs,
+            encoders=encoders,
+            bank=opened,
+            options=options,
+            cache=cache,
+            listener=progress.listener(),
         )
     record = report.to_json()
     if out is not None:

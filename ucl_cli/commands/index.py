@@ -131,7 +131,7 @@ def _save_index_scans(bank_dir: Path) -> None:
     from ucl_cli.bank import load_bank
     from ucl_cli.bridge.sides import save_index_scans
 
-    with load_bank(bank_dir, verify_checksums=False) as bank:
+    with load_bank(bank_dir, verify="on_read") as bank:
         save_index_scans(bank)
 
 

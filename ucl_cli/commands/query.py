@@ -14,10 +14,12 @@ from rich.console import Console
 from rich.markup import escape
 
 from ucl_cli.commands._shared import (
+    ALLOW_OTHER_WEIGHTS,
     BANK,
     BATCH_SIZE,
     DEVICE,
     IMAGE_TEXT_MODEL,
+    NO_CACHE,
     TEXT_AUDIO_MODEL,
     TOPK_K,
     TOPK_K_MAX,
@@ -71,9 +73,12 @@ def query(
     strict: bool = typer.Option(
         False, "--strict", help="Fail at the first unreadable candidate instead of skipping it."
     ),
+    no_cache: bool = NO_CACHE,
+    allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
 ) -> None:
     """Rank candidates (audio for an image, images for audio) through a bank of bridge texts."""
     from ucl_cli.bridge import METHODS, QueryOptions, SearchListener, search
+    from ucl_cli.cache import open_cache
     from ucl_cli.commands._shared import existing_bank, load_encoders, model_keys, open_bank
     from ucl_cli.config import resolve_device
     from ucl_cli.output import FORMATS, default_format, write_results
@@ -89,7 +94,7 @@ def query(
     bank_dir = None if bank is None else existing_bank(bank)
     keys = model_keys(bank_dir, image_text_model, text_audio_model)
     encoders = load_encoders(keys, resolved, console)
-    opened = open_bank(bank_dir, encoders, console)
+    opened = open_bank(bank_dir, encoders, console, allow_other_weights=allow_other_weights)
     options = QueryOptions(
         method=method,
         top=top or None,
@@ -108,7 +113,14 @@ def query(
         if len(skipped) <= 10:
             console.print(f"[yellow]ucl:[/] skipping {escape(str(error))}", soft_wrap=True)
 
-    with opened, console.status("scoring") as status:
+    def on_cache_warning(text: str) -> None:
+        console.print(f"[yellow]ucl:[/] {escape(text)}", soft_wrap=True)
+
+    with (
+        opened,
+        open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
+        console.status("scoring") as status,
+    ):
         listener = SearchListener(
             on_skip=on_skip, on_stage=lambda text, _total: status.update(escape(text))
         )
@@ -118,6 +130,7 @@ def query(
             encoders=encoders,
             bank=opened,
             options=options,
+            cache=cache,
             listener=listener,
         )
     write_results(report.results, fmt)

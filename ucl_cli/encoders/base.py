@@ -38,6 +38,8 @@ class Encoder(ABC):
       logit_scale: the trained scale s (already exponentiated), so s * cos is the critic.
       preprocessing: JSON-able description of how inputs are prepared (image size, mean/std,
         sample rate, crop); part of every cache key and bank manifest.
+      weights_id (optional, set by `load_encoder`): the content identity of the weight files
+        ("sha256:..."), so that vectors are keyed by the weights that made them.
       device: where the model runs.
     """
 
@@ -87,4 +89,5 @@ class Encoder(ABC):
             "logit_scale": self.logit_scale,
             "modalities": sorted(m.value for m in self.modalities),
             "preprocessing": self.preprocessing,
+            "weights": getattr(self, "weights_id", None),
         }

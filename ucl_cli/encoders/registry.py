@@ -18,8 +18,10 @@ model library; nothing is built at import time (the registry is filled on first 
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.metadata
 import math
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -441,7 +443,8 @@ def load_encoder(
     spec = resolve_spec(key, weights)
     files = locate_files(spec)
     encoder = build_encoder(spec, files, resolve_device(device))
-    encoder.weights_id = weights_id(files)  # type: ignore[attr-defined]  # see weights_id
+    # The weight files' identity; a backend without files may state its own.
+    encoder.weights_id = weights_id(files) or getattr(encoder, "weights_id", None)  # type: ignore[attr-defined]
     return attach(encoder, spec, logit_scale)
 
 
@@ -478,16 +481,28 @@ def locate_files(spec: ModelSpec) -> ModelFiles:
 
 
 def weights_id(files: ModelFiles) -> str | None:
-    """Which bytes the weights are: the hub blob's name (its sha256 for large files), or a local
-    file's (or folder's files') resolved path, size and mtime. Other weights, another id."""
+    """Which bytes the weights are, as "sha256:<hex>": vectors and banks are keyed by it, so two
+    checkpoints under one registry key (stand-ins then real weights, a fine-tuned file) never
+    share them. A hub blob is named by its SHA-256 already; any other file is read once and its
+    digest memoised by path and stat (`ucl_cli.digests`); a folder's files are combined."""
     path = files.weights
     if path is None:
         return None
-    if path.is_symlink() or "snapshots" in path.parts:
-        return f"blob:{path.resolve().name}"
     members = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    stamps = [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in members]
-    return "file:" + ";".join(stamps)
+    digests = [_file_sha256(member) for member in members]
+    if len(digests) == 1:
+        return f"sha256:{digests[0]}"
+    listing = "".join(f"{m.name}\0{d}\n" for m, d in zip(members, digests, strict=True))
+    return "sha256:" + hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    from ucl_cli.digests import memoised_sha256
+
+    real = path.resolve()
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name  # the hub names large files' blobs by their SHA-256
+    return memoised_sha256(real)
 
 
 def build_encoder(spec: ModelSpec, files: ModelFiles, device: str) -> Encoder:

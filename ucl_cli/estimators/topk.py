@@ -29,6 +29,13 @@ an IVF list with centroid c_g and row distances d_m = ||x_m - c_g||, Cauchy-Schw
 right[m, k] <= s2 <y_k, c_g> + s2 d_m, so W'[n, g] = sum exp(left[n, m] + s2 d_m) pairs with
 C'[k, g] = s2 <y_k, c_g>: one outlying row no longer loosens its whole list. The smaller of this
 and the plain upper bound is used.
+
+Rounding. A certificate is about the exact score of the stored vectors, not about the float32
+products that estimate it. The critic values come from float32 dot products whose error is at
+most gamma_D ||x|| ||y|| (`dot_rounding_bound`, any summation order), so the caller states one
+`value_error` that bounds |computed - exact| for every path value left + right; the bounds are
+widened by it and everything after the products is float64. `certify_ranking` then orders two
+candidates only when their bounds are apart by more than the bounds' own rounding.
 """
 
 from __future__ import annotations
@@ -40,6 +47,20 @@ import torch
 
 from ucl_cli.errors import UsageError
 from ucl_cli.estimators.bridge import partial_bridge_scores
+
+# Unit roundoff of float32 (half an ulp of 1.0).
+FLOAT32_UNIT_ROUNDOFF = 2.0**-24
+
+
+def dot_rounding_bound(dim: int, unit_roundoff: float = FLOAT32_UNIT_ROUNDOFF) -> float:
+    """gamma_D = D u / (1 - D u): |fl(<x, y>) - <x, y>| <= gamma_D ||x|| ||y|| for a dot product
+    of length D summed in any order (blocked, pairwise, SIMD lanes, with or without FMA), the
+    classic a-priori bound (Higham, Accuracy and Stability of Numerical Algorithms, 3.1) that
+    holds whatever kernel BLAS, FAISS or a GPU chose."""
+    terms = dim * unit_roundoff
+    if terms >= 1:
+        raise UsageError(f"no rounding bound for dot products of length {dim}")
+    return terms / (1 - terms)
 
 
 @dataclass(frozen=True)
@@ -159,8 +180,9 @@ def topk_bridge_bounds(
     left_floor: float = -math.inf,
     right_floor: float = -math.inf,
     rest: GroupedRest | None = None,
+    value_error: float = 0.0,
 ) -> BridgeBounds:
-    """Bounds on bridge_scores [N, K] from top-T lists.
+    """Bounds on bridge_scores [N, K] from top-T lists, in float64.
 
     left_top: per query n, the T largest left[n, :] (values, bank indices) [N, T].
     right_top: per candidate k, the T largest right[:, k] [K, T].
@@ -169,7 +191,15 @@ def topk_bridge_bounds(
     left_floor/right_floor: known minima of the critics (e.g. -scale for cosine), or -inf.
     rest, optional: the query mass and candidate ceilings per group of the unknown rows
       (`GroupedRest`, see `rest_logmass`); tightens the upper bound as the module explains.
+    value_error: a bound on |computed - exact| of every path value left + right (and of the
+      ceilings' and masses' exponents), e.g. from float32 products; widens both bounds by it.
     """
+    if not value_error >= 0:
+        raise UsageError(f"value_error must be a non-negative number, got {value_error}")
+    left_top = _as_float64(left_top)
+    right_top = _as_float64(right_top)
+    right_at_left_top = right_at_left_top.double()
+    left_at_right_top = left_at_right_top.double()
     n, t_left = left_top.values.shape
     k, t_right = right_top.values.shape
     if right_at_left_top.shape != (n, t_left, k) or left_at_right_top.shape != (n, k, t_right):
@@ -198,7 +228,12 @@ def topk_bridge_bounds(
     upper = torch.logaddexp(known, unknown)
     lower = torch.logaddexp(known, log_rest + (left_floor + right_floor))
     log_m = math.log(bank_size)
-    return BridgeBounds(lower=lower - log_m, upper=upper - log_m)
+    return BridgeBounds(lower=lower - log_m - value_error, upper=upper - log_m + value_error)
+
+
+def _as_float64(entries: TopEntries) -> TopEntries:
+    ceiling = None if entries.ceiling is None else entries.ceiling.double()
+    return TopEntries(entries.values.double(), entries.indices, ceiling)
 
 
 def topk_bounds_from_matrices(
@@ -209,9 +244,11 @@ def topk_bounds_from_matrices(
     left_floor: float = -math.inf,
     right_floor: float = -math.inf,
     exact_left: bool = False,
+    value_error: float = 0.0,
 ) -> BridgeBounds:
     """The same bounds computed from full left [N, M] and right [M, K] (tests, small banks);
-    with `exact_left`, also from each query's exact mass outside its top list."""
+    with `exact_left`, also from each query's exact mass outside its top list. `value_error`:
+    how far the given matrices may be from the exact critic values (0: they are exact)."""
     left_top = top_entries(left, t)
     right_top = top_entries(right.T, t)
     right_at_left_top = right[left_top.indices]  # [N, T, K]
@@ -225,6 +262,7 @@ def topk_bounds_from_matrices(
         left_floor=left_floor,
         right_floor=right_floor,
         rest=_single_group_rest(left, right, left_top, right_top) if exact_left else None,
+        value_error=value_error,
     )
 
 
@@ -268,18 +306,37 @@ def rest_logmass(
 
 
 def certify_ranking(bounds: BridgeBounds) -> CertifiedRanking:
-    """Order candidates by the estimate and mark the positions the bounds prove."""
+    """Order candidates by the estimate and mark the positions the bounds prove.
+
+    Bounds that touch prove nothing, and neither do bounds apart by less than their own
+    rounding: a position is certified only when its lower bound beats every upper bound below
+    it (and its upper bound is beaten by every lower bound above it) by more than
+    `rounding_margin` of the values compared.
+    """
     order = bounds.estimate.argsort(dim=1, descending=True, stable=True)
     lower = bounds.lower.gather(1, order)
     upper = bounds.upper.gather(1, order)
+    margin = rounding_margin(lower, upper)
     n = lower.shape[0]
     fill_low = torch.full((n, 1), -math.inf, dtype=lower.dtype, device=lower.device)
     fill_high = torch.full((n, 1), math.inf, dtype=lower.dtype, device=lower.device)
     # Best upper bound among the positions after r, and worst lower bound among those before r.
     best_below = torch.cat([upper.flip(1).cummax(dim=1).values.flip(1)[:, 1:], fill_low], dim=1)
     worst_above = torch.cat([fill_high, lower.cummin(dim=1).values[:, :-1]], dim=1)
-    certified = (lower > best_below) & (upper < worst_above)
+    certified = (lower - margin > best_below) & (upper + margin < worst_above)
     return CertifiedRanking(order=order, certified=certified)
+
+
+def rounding_margin(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """[N, 1]: how far apart two bounds must be to order them despite the rounding of the float
+    arithmetic that made them: 64 ulps of the largest finite magnitude in the row (the bounds
+    are a few logsumexp and log operations away from exact path values)."""
+    if lower.shape[1] == 0:
+        return torch.zeros((lower.shape[0], 1), dtype=lower.dtype, device=lower.device)
+    finite = torch.cat([lower, upper], dim=1)
+    finite = torch.where(torch.isfinite(finite), finite.abs(), torch.zeros_like(finite))
+    scale = finite.max(dim=1, keepdim=True).values + 1.0
+    return 64 * torch.finfo(lower.dtype).eps * scale
 
 
 def _membership(candidates: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import numpy as np
 from ucl_cli.bank import Bank
 from ucl_cli.bridge.pipeline import encoder_for
 from ucl_cli.bridge.sides import bank_side
-from ucl_cli.cache import EmbeddingCache, embed_files
+from ucl_cli.cache import EmbeddingCache, embed_files, open_cache
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
 from ucl_cli.evaluation.intervals import t_interval
@@ -116,7 +116,7 @@ def evaluate(
     sizes = bank_sizes(options.bank_sizes, len(usable))
 
     own_cache = cache is None
-    cache = cache or EmbeddingCache()
+    cache = cache or open_cache()
     try:
         embedded = _embed(pairs, query_model, candidate_model, options, cache, listener)
     finally:
