@@ -11,6 +11,11 @@ topk:  `topk` against `lse` on a bank of 1,000,000 stand-in embeddings (items gr
 
 trial: one `ucl eval` trial (25 x 25 over a 48.6k bank of random vectors): lse and topk times.
 
+checks: what the integrity checks add to the warm query (run `warm` first with the same
+       --workdir): the whole CLI path (open the bank as `ucl query` does, checking each file it
+       reads against the digest memo; search; the cache's per-vector checksums) with the checks on
+       and off, alternating in one process, best of --repeats each.
+
     python scripts/bench_query.py warm --models /tmp/standins      # reuses stand-ins if there
     python scripts/bench_query.py topk --bank-size 1000000
     python scripts/bench_query.py trial
@@ -99,7 +104,7 @@ def bench_warm(args: argparse.Namespace) -> None:
     queries = []
     for i in range(args.repeats + 1):  # a new image each run, so the query is embedded each time
         image = astronaut.copy()
-        image[0, 0, 0] = i
+        image[0, 0, :] = (i, time.time_ns() % 251, os.getpid() % 251)  # new to the cache
         queries.append(work / f"query{i}.png")
         Image.fromarray(image).save(queries[-1])
     options = QueryOptions(top=10, device="cpu")
@@ -183,6 +188,7 @@ def ivf(bank: np.ndarray, nlist: int, rng: np.random.Generator):
 def bench_topk(args: argparse.Namespace) -> None:
     import torch
 
+    from ucl_cli.bank.norms import largest_row_norm
     from ucl_cli.bridge.certified_search import DEFAULT_NPROBE, CertifiedNearest
     from ucl_cli.bridge.methods import BridgeSide, lse_scores, topk_scores
 
@@ -212,10 +218,16 @@ def bench_topk(args: argparse.Namespace) -> None:
     scan_cache = Path(tempfile.mkdtemp(prefix="ucl-bench-")) / "scan.npz"
     nprobe = args.nprobe or DEFAULT_NPROBE
 
+    # The largest row norms, which `ucl index` records in the manifest as it writes the rows.
+    norm_a, norm_b = largest_row_norm(bank_a), largest_row_norm(bank_b)
+
     def sides() -> tuple[BridgeSide, BridgeSide]:
         """A fresh search object, as a new `ucl query` process has (the scan file persists)."""
-        near_b = CertifiedNearest(index_b, bank_b, nprobe, scan_cache)
-        return BridgeSide(bank_a, args.scale, None), BridgeSide(bank_b, args.scale, near_b)
+        near_b = CertifiedNearest(index_b, bank_b, nprobe, scan_cache, norm_b)
+        return (
+            BridgeSide(bank_a, args.scale, None, norm_a),
+            BridgeSide(bank_b, args.scale, near_b, norm_b),
+        )
 
     def topk(left: BridgeSide, right: BridgeSide):
         return topk_scores(query, candidates, left, right, top=10, max_t=args.k_max)
@@ -290,6 +302,86 @@ def bench_trial(args: argparse.Namespace) -> None:
     )
 
 
+def bench_checks(args: argparse.Namespace) -> None:
+    import contextlib
+
+    import torch
+    from PIL import Image
+    from skimage import data
+
+    work = Path(args.workdir)
+    os.environ.update(HF_HOME=str(args.models), HF_HUB_OFFLINE="1", UCL_HOME=str(work / "home"))
+    import ucl_cli.bank.store as store
+    import ucl_cli.cache as cache_module
+    from ucl_cli.bank import builtin_bank_name, load_bank
+    from ucl_cli.bridge import QueryOptions, search
+    from ucl_cli.config import banks_dir
+    from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO, load_encoder
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    encoders = [load_encoder(DEFAULT_IMAGE_TEXT), load_encoder(DEFAULT_TEXT_AUDIO)]
+    bank_path = banks_dir() / builtin_bank_name(encoders)
+    audio_dir = work / "audio"
+    verified, verify_file = cache_module._verified, store._verify_file
+
+    def unchecked_row(key, stored_dim, blob, checksum, dim):  # the reader before checksums
+        if dim is not None and stored_dim != dim:
+            return None
+        return np.frombuffer(blob, dtype="<f4").astype(np.float32)
+
+    @contextlib.contextmanager
+    def checks(on: bool):
+        if not on:
+            cache_module._verified = unchecked_row
+            store._verify_file = lambda *a, **k: None
+        try:
+            yield
+        finally:
+            cache_module._verified, store._verify_file = verified, verify_file
+
+    astronaut = data.astronaut()
+    counter = iter(range(10**6))
+
+    def new_query() -> Path:
+        image = astronaut.copy()
+        image[0, 0, :] = (next(counter) % 251, time.time_ns() % 251, os.getpid() % 251)
+        path = work / f"checks{image[0, 0, 0]}-{image[0, 0, 1]}.png"
+        Image.fromarray(image).save(path)
+        return path
+
+    def query(on: bool) -> float:
+        path = new_query()
+        with checks(on):
+            start = time.perf_counter()
+            with load_bank(bank_path, verify="on_read") as bank, cache_module.open_cache() as cache:
+                report = search(
+                    [path],
+                    [audio_dir],
+                    encoders=encoders,
+                    bank=bank,
+                    options=QueryOptions(top=10, device="cpu"),
+                    cache=cache,
+                )
+            elapsed = time.perf_counter() - start
+        assert report.embedded == 1, report.embedded
+        return elapsed
+
+    query(True), query(False)  # warm-up
+    times = {True: [], False: []}
+    for _ in range(args.repeats):
+        for on in (True, False):
+            times[on].append(query(on))
+    on, off = min(times[True]), min(times[False])
+    print(
+        f"warm query with and without the integrity checks, best of {args.repeats} each, "
+        f"alternating; load {os.getloadavg()[0]:.2f}"
+    )
+    print("| path | time |\n|---|---|")
+    print(f"| open bank + search + cache, checks on | {on * 1e3:.1f} ms |")
+    print(f"| the same, checks off | {off * 1e3:.1f} ms |")
+    print(f"\nchecks add {on / off - 1:+.1%} (target: at most +5%)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="which", required=True)
@@ -313,12 +405,18 @@ def main() -> None:
     topk.add_argument("--candidates", type=int, default=1000)
     topk.add_argument("--scale", type=float, default=100.0)
     topk.add_argument("--k-max", type=int, default=4096)
+    checks = sub.add_parser("checks")
+    checks.add_argument("--models", required=True)
+    checks.add_argument("--workdir", required=True)
+    checks.add_argument("--repeats", type=int, default=15)
+    checks.add_argument("--threads", type=int)
     trial = sub.add_parser("trial")
     trial.add_argument("--bank-size", type=int, default=48_600)
     trial.add_argument("--dim", type=int, default=512)
     trial.add_argument("--trial-size", type=int, default=25)
     args = parser.parse_args()
-    {"warm": bench_warm, "topk": bench_topk, "trial": bench_trial}[args.which](args)
+    benches = {"warm": bench_warm, "topk": bench_topk, "trial": bench_trial, "checks": bench_checks}
+    benches[args.which](args)
 
 
 if __name__ == "__main__":

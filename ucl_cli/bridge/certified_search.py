@@ -18,7 +18,7 @@ kept, and saved to `scan_cache` when one is named (`ucl index` saves it for each
 
 Every bound here is about the exact inner products of the stored float32 vectors. FAISS's float32
 products are within gamma_d ||q|| ||x|| of them (`dot_rounding_bound`), so each ceiling adds that
-much; row distances are computed as ||x - c|| in float64 (never as ||x||^2 - 2<x, c> + ||c||^2,
+much; row distances are computed from the residual x - c (never as ||x||^2 - 2<x, c> + ||c||^2,
 which cancels for rows close to their centroid) and rounded up; and no row is assumed to have
 unit norm: the largest row norm (`row_norm_bound`) caps what a product can be.
 """
@@ -36,12 +36,10 @@ import faiss
 import numpy as np
 
 from ucl_cli.bank.norms import largest_row_norm
-from ucl_cli.estimators.topk import dot_rounding_bound
+from ucl_cli.estimators.topk import FLOAT32_UNIT_ROUNDOFF, dot_rounding_bound
 
 # Bumped whenever the saved scan's meaning changes; a scan of another version is made again.
 SCAN_VERSION = 2
-# float64 ||x - c|| is within (d + 2) ulps of the exact distance; round it up by more.
-_DISTANCE_ROUND_UP = 4 * np.finfo(np.float64).eps
 # IVF lists a `topk` search first visits per candidate (more, 4x at a time, for just the
 # candidates whose bounds block the result): enough to cover most candidates' own
 # neighbourhood, whose rows the per-row bounds would otherwise overcharge.
@@ -180,7 +178,7 @@ class CertifiedNearest:
             return
         if self._load_scan(ivf.nlist):
             return
-        centroids = _centroids(ivf).astype(np.float64)
+        centroids = _centroids(ivf)
         groups = np.zeros(len(self.vectors), dtype=np.int64)
         distances = np.zeros(len(self.vectors), dtype=np.float64)
         # An IVFFlat list stores its rows' vectors contiguously: read them there, not by a
@@ -276,13 +274,18 @@ class LazyNearest:
 
 
 def _distances_to(rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
-    """||x - c|| per row, never below the exact distance of the stored vectors: the difference
-    of two float32 vectors is exact in float64, and the float64 norm is rounded up by more than
-    its own rounding. (Not sqrt(||x||^2 - 2<x, c> + ||c||^2): for rows within 1e-4 of their
-    centroid the float32 product cancels to errors of several 1e-4, above the distance itself.)"""
-    residual = rows.astype(np.float64) - centre
-    distances = np.sqrt(np.einsum("ij,ij->i", residual, residual))
-    return distances * (1 + (rows.shape[1] + 2) * _DISTANCE_ROUND_UP)
+    """||x - c|| per row, never below the exact distance of the stored vectors. The residual is
+    formed first (each float32 difference is within u of the exact one, relatively), so the
+    sum of squares has no cancellation and is within gamma_d of the sum of the computed squares
+    (any summation order): rounding the result up by that relative amount bounds the exact
+    distance from above at float32 speed. (Not sqrt(||x||^2 - 2<x, c> + ||c||^2): for rows
+    within 1e-4 of their centroid that cancels to errors of several 1e-4, above the distance.)"""
+    residual = rows - centre.astype(np.float32)
+    squares = np.einsum("ij,ij->i", residual, residual).astype(np.float64)
+    # |r_i| <= |fl(r_i)| / (1 - u); sum of squares within gamma_d; sqrt and casts: a few u more.
+    unit = FLOAT32_UNIT_ROUNDOFF
+    grow = (1 + dot_rounding_bound(rows.shape[1])) / (1 - unit) ** 2
+    return np.sqrt(squares * grow) * (1 + 4 * unit)
 
 
 def _centroids(ivf: faiss.IndexIVF) -> np.ndarray:
