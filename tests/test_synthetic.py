@@ -206,6 +206,28 @@ def test_bank_sweep_matches_brute_force_prefixes_and_ess():
     assert sweep.sizes == sizes
 
 
+@pytest.mark.parametrize(("t1", "t2"), [(1.0, 1.0), (0.25, 0.25), (0.1, 0.5)])
+def test_bank_sweep_of_tempered_self_normalised_scores_matches_brute_force(t1, t2):
+    from ucl_cli.estimators.calibrated import Calibration
+
+    generator = torch.Generator().manual_seed(8)
+    groups, size, bank = 3, 8, 60
+    lefts = torch.randn(groups, size, bank, dtype=torch.float64, generator=generator) * 4
+    rights = torch.randn(groups, bank, size, dtype=torch.float64, generator=generator) * 4
+    rights += torch.randn(groups, 1, size, dtype=torch.float64, generator=generator) * 6
+    sizes = (7, 30, 60)
+    calibration = Calibration(t1, t2, "candidates")
+    sweep = bank_sweep(lambda g: (lefts[g], rights[g]), groups, sizes, calibration=calibration)
+    for s, prefix in enumerate(sizes):
+        paths = t1 * lefts[:, :, :prefix, None] + t2 * rights[:, None, :prefix, :]
+        normalizer = (t2 * rights[:, :prefix, :]).logsumexp(1)  # [G, Q]
+        scores = paths.logsumexp(2) - normalizer[:, None, :]
+        wins = (scores.diagonal(dim1=1, dim2=2)[:, :, None] > scores).sum(2) == size - 1
+        assert sweep.recall[s] == pytest.approx(wins.double().mean().item())
+        ess = 1.0 / (torch.softmax(paths, dim=2) ** 2).sum(2)
+        assert sweep.ess_all[s] == pytest.approx(ess.median().item(), rel=1e-9)
+
+
 def test_bank_sweep_refuses_a_bank_too_small():
     left, right = torch.zeros(4, 10), torch.zeros(10, 4)
     with pytest.raises(UsageError, match="holds only 10"):

@@ -22,6 +22,7 @@ import torch
 
 from ucl_cli.errors import UsageError
 from ucl_cli.estimators import get_critic, partial_bridge_scores, recall_at_k
+from ucl_cli.estimators.calibrated import Calibration
 
 # (group index) -> (left [Q, M], right [M, Q]) for that group's queries and candidates.
 GroupTerms = Callable[[int], tuple[torch.Tensor, torch.Tensor]]
@@ -71,12 +72,33 @@ def direct_recall(phi_a: torch.Tensor, phi_c: torch.Tensor, critic: str, group_s
     return grouped_recall(scores)
 
 
-def bank_sweep(terms: GroupTerms, groups: int, sizes: Sequence[int], ess: bool = True) -> BankSweep:
-    """Bridge recall@1 (and median ESS) for every bank prefix size in `sizes`."""
+def bank_sweep(
+    terms: GroupTerms,
+    groups: int,
+    sizes: Sequence[int],
+    ess: bool = True,
+    calibration: Calibration | None = None,
+) -> BankSweep:
+    """Bridge recall@1 (and median ESS) for every bank prefix size in `sizes`; with a
+    `calibration`, of the tempered and/or self-normalised score (`estimators.calibrated`), the
+    ESS then being that of the weights it actually uses."""
     sizes = tuple(sorted(set(sizes)))
-    per_group = [_prefix_sums(*terms(g), sizes, ess) for g in range(groups)]
+    calibration = calibration or Calibration()
+    per_group = [
+        _prefix_sums(*_tempered(*terms(g), calibration), sizes, ess) for g in range(groups)
+    ]
     sums = torch.stack([first for first, _ in per_group], dim=1)  # [S, G, Q, Q]
-    recall = tuple(grouped_recall(sums[s]) for s in range(len(sizes)))
+    ranked = sums
+    if calibration.normalize == "candidates":
+        normalizers = torch.stack(
+            [
+                _prefix_normalizers(_tempered(*terms(g), calibration)[1], sizes)
+                for g in range(groups)
+            ],
+            dim=1,
+        )  # [S, G, Q]: log sum_m exp(t2 right[m, k]) over each prefix (log M cancels in ranks)
+        ranked = sums - normalizers[:, :, None, :]
+    recall = tuple(grouped_recall(ranked[s]) for s in range(len(sizes)))
     if not ess:
         nan = tuple(float("nan") for _ in sizes)
         return BankSweep(sizes, recall, nan, nan)
@@ -86,6 +108,23 @@ def bank_sweep(terms: GroupTerms, groups: int, sizes: Sequence[int], ess: bool =
     ess_positive = tuple(float(positive[s].exp().median()) for s in range(len(sizes)))
     ess_all = tuple(float(log_ess[s].exp().median()) for s in range(len(sizes)))
     return BankSweep(sizes, recall, ess_positive, ess_all)
+
+
+def _tempered(
+    left: torch.Tensor, right: torch.Tensor, calibration: Calibration
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return left * calibration.query_temperature, right * calibration.candidate_temperature
+
+
+def _prefix_normalizers(right: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """[S, K]: logsumexp over the first `size` bank rows of each column of right [M, K]."""
+    running, out, start = None, [], 0
+    for size in sizes:
+        part = torch.logsumexp(right[start:size].double(), dim=0)
+        running = part if running is None else torch.logaddexp(running, part)
+        out.append(running)
+        start = size
+    return torch.stack(out)
 
 
 def _prefix_sums(

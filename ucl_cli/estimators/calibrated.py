@@ -1,0 +1,145 @@
+"""Tempered and self-normalised bridge scores: the bridge estimator with two knobs.
+
+    score[n, k] = logsumexp_m( t1 left[n, m] + t2 right[m, k] ) - log M
+                  - [normalize] ( logsumexp_m( t2 right[m, k] ) - log M )
+
+`left` and `right` are the scaled critics of `bridge_scores` (s1 f_AB and s2 f_BC); t1 = t2 = 1
+without normalisation is exactly the Monte Carlo estimate of Lemma 1.
+
+Why each knob:
+- Normalisation divides each candidate's bridge sum by the bank's own Monte Carlo estimate of
+  E_{b ~ p(B)}[p(b|c)/p(b)], which is 1 for exact density ratios: self-normalised importance
+  sampling. It removes the candidate-dependent constant an InfoNCE critic leaves unidentified
+  (a candidate that is close to many bank texts no longer wins every query), needs no labels,
+  and costs one column logsumexp over the bank rows already read.
+- Temperature t < 1 acts as a kernel bandwidth for a finite bank: at trained logit scales the
+  sum is carried by one or two bank rows (effective sample size ~1); tempering lets more rows
+  vote. t = 1 is the paper's estimator.
+
+Both parts are sums over bank rows, so the score shards exactly like `bridge_scores`: each shard
+returns its partial bridge sum and its partial normaliser (`partial_calibrated_scores`), and
+`combine_calibrated` joins any split of the bank into the scores of one call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ucl_cli.errors import UsageError
+from ucl_cli.estimators.bridge import PartialScores, combine_partials, partial_bridge_scores
+
+NORMALIZATIONS = ("none", "candidates")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """How the bridge sum is tempered and normalised. The default is the paper's estimator."""
+
+    query_temperature: float = 1.0  # t1, on left = s1 f_AB
+    candidate_temperature: float = 1.0  # t2, on right = s2 f_BC
+    normalize: str = "none"  # "none" or "candidates" (divide by the bank's estimate of 1)
+
+    def __post_init__(self) -> None:
+        for name in ("query_temperature", "candidate_temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be a positive number, got {value}")
+        if self.normalize not in NORMALIZATIONS:
+            raise UsageError(
+                f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
+            )
+
+    @classmethod
+    def parse(cls, temperature: str = "1", normalize: str = "none") -> Calibration:
+        """From the command line: `--temperature T` or `T1,T2`, `--normalize none|candidates`."""
+        parts = [part.strip() for part in str(temperature).split(",")]
+        try:
+            values = [float(part) for part in parts]
+        except ValueError:
+            raise UsageError(
+                f"--temperature takes a number or two separated by a comma, got {temperature!r}"
+            ) from None
+        if len(values) not in (1, 2):
+            raise UsageError(f"--temperature takes one or two numbers, got {temperature!r}")
+        t1, t2 = (values[0], values[0]) if len(values) == 1 else values
+        return cls(t1, t2, normalize)
+
+    @property
+    def is_paper(self) -> bool:
+        """True for the paper's estimator (no tempering, no normalisation)."""
+        return (self.query_temperature, self.candidate_temperature, self.normalize) == (
+            1.0,
+            1.0,
+            "none",
+        )
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "temperature": [self.query_temperature, self.candidate_temperature],
+            "normalize": self.normalize,
+        }
+
+
+@dataclass(frozen=True)
+class CalibratedPartial:
+    """One bank shard's share: its bridge sum and, when normalising, its normaliser.
+
+    bridge: the tempered bridge sum over the shard (`PartialScores`, [N, K]).
+    normalizer: [K] float64 logsumexp_m t2 right[m, k] over the shard's rows (-inf when empty),
+      or None without normalisation.
+    """
+
+    bridge: PartialScores
+    normalizer: torch.Tensor | None
+
+
+def calibrated_scores(
+    left: torch.Tensor, right: torch.Tensor, calibration: Calibration | None = None
+) -> torch.Tensor:
+    """score [N, K] for left [N, M] and right [M, K] (see the module docstring)."""
+    return combine_calibrated([partial_calibrated_scores(left, right, calibration)])
+
+
+def partial_calibrated_scores(
+    left_shard: torch.Tensor,
+    right_shard: torch.Tensor,
+    calibration: Calibration | None = None,
+) -> CalibratedPartial:
+    """One shard of bank rows; join shards with `combine_calibrated`."""
+    calibration = calibration or Calibration()
+    tempered_left = _tempered(left_shard, calibration.query_temperature)
+    tempered_right = _tempered(right_shard, calibration.candidate_temperature)
+    bridge = partial_bridge_scores(tempered_left, tempered_right)
+    if calibration.normalize == "none":
+        return CalibratedPartial(bridge, None)
+    if tempered_right.shape[0] == 0:
+        empty = torch.full((tempered_right.shape[1],), -math.inf, dtype=torch.float64)
+        return CalibratedPartial(bridge, empty.to(tempered_right.device))
+    return CalibratedPartial(bridge, torch.logsumexp(tempered_right.double(), dim=0))
+
+
+def combine_calibrated(parts: Sequence[CalibratedPartial]) -> torch.Tensor:
+    """Scores [N, K] from disjoint shards: the bridge sums and normalisers each combined
+    exactly (logaddexp), then the normaliser's mean subtracted in log space."""
+    if not parts:
+        raise UsageError("combine_calibrated needs at least one partial result")
+    normalised = {part.normalizer is not None for part in parts}
+    if len(normalised) != 1:
+        raise UsageError("partial results mix normalised and unnormalised shards")
+    scores = combine_partials([part.bridge for part in parts])
+    if parts[0].normalizer is None:
+        return scores
+    total = sum(part.bridge.count for part in parts)
+    normalizer = torch.logsumexp(torch.stack([part.normalizer for part in parts]), dim=0)
+    out = scores.double() - (normalizer - math.log(total))[None, :]
+    # A candidate no bank row reaches (every right[m, k] = -inf) has no path: -inf, not NaN.
+    out = out.masked_fill(torch.isneginf(normalizer)[None, :].expand_as(out), -math.inf)
+    return out.to(scores.dtype)
+
+
+def _tempered(values: torch.Tensor, temperature: float) -> torch.Tensor:
+    return values if temperature == 1.0 else values * temperature
