@@ -18,6 +18,7 @@ import torch
 from ucl_cli.estimators import get_critic
 from ucl_cli.experiments.evaluation import (
     BankSweep,
+    GroupTerms,
     bank_sweep,
     direct_recall,
     group_count,
@@ -170,13 +171,31 @@ def _evaluate_family(
     direct = direct_recall(phi_a, phi_c, critic, options.group_size)
     if family.bridge is None:
         return FamilyResult(direct, None, scales)
+    terms, groups = bridge_terms(trained, family, data, options, dtype)
+    sweep = bank_sweep(terms, groups, options.all_bank_sizes, ess=options.ess)
+    return FamilyResult(direct, sweep, scales)
+
+
+def bridge_terms(
+    trained: TrainedFamilies,
+    family: FamilySpec,
+    data: SeedData,
+    options: SynthOptions,
+    dtype: torch.dtype,
+) -> tuple[GroupTerms, int]:
+    """(group -> the scaled critics (left [Q, M], right [M, Q]) of its held-out triplets against
+    the seed's bank, number of groups) for a family with a bridge: what any bridge estimator
+    of the family is computed from."""
+    name = family.name
+    phi_a = trained.embed(name, "A", torch.from_numpy(data.val.a)).to(dtype)
+    phi_c = trained.embed(name, "C", torch.from_numpy(data.val.c)).to(dtype)
     bank = torch.from_numpy(data.bank)
     bank_left = trained.embed(name, family.bridge[0], bank).to(dtype)
     bank_right = trained.embed(name, family.bridge[1], bank).to(dtype)
     left_pair, right_pair = family.pairs
     scale_left = trained.scale(name, left_pair.left, left_pair.right)
     scale_right = trained.scale(name, right_pair.left, right_pair.right)
-    score = get_critic(critic)
+    score = get_critic(trained.critic)
     size = options.group_size
 
     def terms(g: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,9 +203,7 @@ def _evaluate_family(
         left = score(phi_a[rows], bank_left, scale_left)
         return left, score(bank_right, phi_c[rows], scale_right)
 
-    groups = group_count(phi_a.shape[0], size)
-    sweep = bank_sweep(terms, groups, options.all_bank_sizes, ess=options.ess)
-    return FamilyResult(direct, sweep, scales)
+    return terms, group_count(phi_a.shape[0], size)
 
 
 def _ignore(_units: float, _message: str) -> None:
