@@ -4,8 +4,10 @@
 #
 # Real weights cannot be downloaded here, so this uses RANDOM-WEIGHT stand-ins of the default
 # models (same architectures and file names, written by scripts/make_test_models.py): the
-# pipeline is the real one, the rankings are meaningless. With real weights in your model cache
+# pipeline is the real one, the rankings are meaningless, and every command says so on stderr
+# ("random weights: rankings are meaningless"). With real weights in your model cache
 # (`ucl models fetch` on a connected machine), drop HF_HOME below and the same commands are real.
+# stdout carries only the two queries' results; setup, progress and warnings go to stderr.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1

@@ -11,7 +11,10 @@ their embeddings mean nothing: they exist for tests, benchmarks and demos on mac
 download the real weights. `--small` writes much smaller configs of the same families (1-layer
 towers) that load through the same code; the tests use those.
 
-Nothing is downloaded. See ucl_cli/encoders/standins.py for the layout.
+Nothing is downloaded. Every file carries a stand-in mark that survives copying the cache, so
+`ucl doctor`, `ucl models` and every command that loads these models warn "random weights:
+rankings are meaningless". Output (the files written) goes to stderr. See
+ucl_cli/encoders/standins.py for the layout.
 """
 
 from __future__ import annotations
@@ -50,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UclError, ValueError) as err:
         print(f"make_test_models: error: {err}", file=sys.stderr)
         return 1
+    # Everything goes to stderr: this is a report on a side job, and a demo's stdout is its
+    # results.
     for item in written:
         size = item.path.stat().st_size
-        print(f"{item.repo}/{item.filename}\t{size / 1e6:.1f} MB\t{item.path}")
+        print(f"{item.repo}/{item.filename}\t{size / 1e6:.1f} MB\t{item.path}", file=sys.stderr)
     print(
         f"\n{STANDIN_NOTE}.\nThese models have RANDOM weights and a stand-in tokenizer: their "
         f"embeddings are meaningless.\nUse them with HF_HOME={args.root} "

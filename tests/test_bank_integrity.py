@@ -205,8 +205,8 @@ def test_a_bank_of_other_weights_is_refused_naming_both(tmp_path):
 def test_query_refuses_a_bank_of_other_weights_unless_allowed(
     plugin,
     tmp_path,
-    media_dir,
-    monkeypatch,  # noqa: F811
+    media_dir,  # noqa: F811 (the fixture imported from test_query)
+    monkeypatch,
 ):
     runner = CliRunner()
     monkeypatch.setenv("UCL_TEST_PLANTED_WEIGHTS", "sha256:" + "a" * 64)
@@ -237,8 +237,8 @@ def test_a_query_reading_a_damaged_bank_fails_in_one_line(plugin, tmp_path, medi
 def test_a_bank_that_records_no_weights_is_used_with_a_warning(
     plugin,
     tmp_path,
-    media_dir,
-    monkeypatch,  # noqa: F811
+    media_dir,  # noqa: F811 (the fixture imported from test_query)
+    monkeypatch,
 ):
     runner = CliRunner()
     monkeypatch.delenv("UCL_TEST_PLANTED_WEIGHTS", raising=False)

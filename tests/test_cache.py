@@ -414,7 +414,7 @@ def test_cache_commands(photos):
         embed_files(HashEncoder(key="fake:a"), "image", photos, store)
         embed_files(HashEncoder(key="fake:b", dim=8), "image", photos[:2], store)
 
-    info = runner.invoke(app, ["cache", "info"])
+    info = runner.invoke(app, ["cache", "info", "--format", "table"])
     assert info.exit_code == 0, info.output
     rows = [
         [cell.strip() for cell in line.strip().strip("│").split("│")]
@@ -872,7 +872,7 @@ def test_vectors_cached_before_checksums_are_recomputed_once(photos, tmp_path):
                 "vector, created_ns) VALUES (?, ?, ?, 'image', 16, ?, 0)",
                 (hashed.digests[photo], encoder.key, digest, unit(index).tobytes()),
             )
-    info = ucl("cache", "info")
+    info = ucl("cache", "info", "--format", "table")
     assert info.exit_code == 0, info.output
     assert "3 vectors" in info.stdout and "3 from before checksums" in " ".join(info.stdout.split())
     with EmbeddingCache(path) as store:

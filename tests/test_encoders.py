@@ -307,7 +307,8 @@ def test_missing_weights_fail_fast_and_say_how_to_get_them(empty_hub, monkeypatc
     spec = get_spec(key)
     assert spec.weights.repo in message and spec.weights.filename in message
     assert f"ucl models fetch {key}" in message
-    assert "--weights PATH" in message
+    flag = "--image-text-weights" if key == DEFAULT_IMAGE_TEXT else "--text-audio-weights"
+    assert f"`{flag} PATH`" in message  # a flag of ucl index, query and eval
     assert str(hub.cache_dir()) in message
     if key == DEFAULT_TEXT_AUDIO:  # the tokenizer and config of the text tower, named too
         assert "config.json, vocab.json, merges.txt (hub repo roberta-base)" in message

@@ -67,7 +67,7 @@ def test_index_a_text_corpus_into_a_named_bank(tmp_path, loaded):
     assert result.exit_code == 0, result.output
     assert result.stdout == ""
     assert said(result).startswith(
-        "bank captions: added 3 items, skipped 1 duplicates; 3 items in total ("
+        "bank captions: added 3 items, skipped 1 repeated line; 3 items in total ("
     )
     assert [(key, device) for key, device, _ in loaded] == [
         ("fake:clip", "cpu"),
@@ -89,7 +89,7 @@ def test_appending_reuses_the_banks_models_and_embeds_only_new_lines(tmp_path, l
     loaded.clear()
     result = ucl("index", str(corpus), "--bank", str(bank))
     assert result.exit_code == 0, result.output
-    assert "added 2 items, skipped 3 duplicates; 5 items in total" in said(result)
+    assert "added 2 items, skipped 3 already in the bank; 5 items in total" in said(result)
     assert [key for key, _, _ in loaded] == ["fake:clip", "x:clap"]  # the bank's, not defaults
     assert [size for _, size in loaded[1][2].calls] == [2]
 
@@ -117,7 +117,7 @@ def test_bad_lines_are_skipped_and_counted_or_stop_the_run_with_strict(tmp_path,
     result = ucl("index", str(corpus), "-b", "b")
     assert result.exit_code == 0, result.output
     assert f"skipping {corpus}:2: not valid UTF-8 (byte 0xfe at column 8)" in said(result)
-    assert "added 2 items, skipped 0 duplicates and 1 unreadable lines" in said(result)
+    assert "added 2 items, skipped 1 unreadable line; 2 items in total" in said(result)
     result = ucl("index", str(corpus), "-b", "strict", "--strict")
     assert result.exit_code == 1
     assert said(result) == (
@@ -180,7 +180,7 @@ def test_ctrl_c_keeps_finished_batches_and_the_rerun_completes(tmp_path, loaded,
     monkeypatch.setattr(InterruptingEncoder, "_embed_batch", HashEncoder._embed_batch)
     result = ucl(*args)  # the bank's models again: fake:interrupt (now calm) and fake:clap
     assert result.exit_code == 0, result.output
-    assert "added 30 items, skipped 20 duplicates; 50 items in total" in said(result)
+    assert "added 30 items, skipped 20 already in the bank; 50 items in total" in said(result)
     assert [size for _, size in loaded[0][2].calls] == [10, 10, 10]
 
 
@@ -225,7 +225,7 @@ def test_banks_lists_every_bank_with_models_and_counts(tmp_path, loaded):
     corpus = write(tmp_path / "corpus.txt", "one\ntwo\n")
     assert ucl("index", str(corpus), "-b", "alpha").exit_code == 0
     assert ucl("index", str(corpus), "-b", "beta", "--faiss-index", "HNSW8").exit_code == 0
-    result = ucl("banks", "--verify")
+    result = ucl("banks", "--verify", "--format", "table")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if "alpha" in line or "beta" in line]
     assert len(lines) == 2
@@ -240,7 +240,7 @@ def test_python_dash_m_runs_the_cli_in_a_fresh_process(tmp_path, monkeypatch):
     monkeypatch.setenv("UCL_HOME", str(home))  # the in-process bank goes to the same place
     index_items(banks_dir() / "fresh", [HashEncoder(key="fake:a", dim=4)], items)
     listed = subprocess.run(
-        [sys.executable, "-m", "ucl_cli", "banks"],
+        [sys.executable, "-m", "ucl_cli", "banks", "--format", "table"],
         env={**env, "COLUMNS": "200"},
         capture_output=True,
         text=True,
@@ -274,7 +274,7 @@ def test_banks_shows_an_interrupted_first_run_and_a_damaged_bank(tmp_path):
         writer.add([text_item(t) for t in texts], [model.embed("text", texts)])
     (banks_dir() / "broken").mkdir()
     (banks_dir() / "broken" / "manifest.json").write_text("{")
-    result = ucl("banks")
+    result = ucl("banks", "--format", "table")
     assert result.exit_code == 0, result.output
     rows = {line.split()[1]: line for line in result.stdout.splitlines() if "│ " in line[:2]}
     assert "3 rows staged by an interrupted run" in rows["halfway"]

@@ -450,7 +450,7 @@ def test_query_skips_a_flac_bomb_with_one_line_and_ranks_the_rest(bank, runner, 
             "limit of 1,073,741,824 samples (4.3 GB) per file"
         ]
         assert "Traceback" not in result.output
-        assert "skipped 1 unreadable files" in result.stderr
+        assert "skipped 1 unreadable file\n" in result.stderr
 
 
 def test_query_with_a_flac_bomb_as_the_query_is_a_one_line_error(bank, runner, media_dir):

@@ -332,7 +332,7 @@ def test_a_changed_candidate_is_embedded_again(bank, runner, media_dir):
     samples = np.full(planted.SAMPLE_RATE // 2, 2 / 20, dtype=np.float32)  # now concept 1
     sf.write(media_dir / "audio" / "concept5.wav", samples, planted.SAMPLE_RATE, subtype="FLOAT")
     again = run_query(runner, *args, "--top", "2")
-    assert "embedded 1 files, 6 from the cache" in again.stderr
+    assert "embedded 1 file, 6 from the cache" in again.stderr
     names = sorted(Path(h["candidate"]).name for h in jsonl(again))
     assert names == ["concept1.wav", "concept5.wav"]
 
@@ -394,7 +394,7 @@ def test_bad_candidates_are_skipped_with_a_warning_or_fail_with_strict(bank, run
     lenient = run_query(runner, *args)
     assert lenient.exit_code == 0, lenient.output
     assert "skipping" in lenient.stderr and "broken.wav" in lenient.stderr
-    assert "skipped 1 unreadable files" in lenient.stderr
+    assert "skipped 1 unreadable file" in lenient.stderr
     assert Path(jsonl(lenient)[0]["candidate"]).name == "concept1.wav"
     strict = run_query(runner, *args, "--strict")
     assert strict.exit_code == 1

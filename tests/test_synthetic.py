@@ -343,7 +343,7 @@ def test_synth_rejects_bad_arguments_with_exit_code_2(arguments, message):
 
 def test_quick_preset_reproduces_the_papers_findings(tmp_path):
     """The quick preset end to end: table on stdout, JSON and figure written, and the paper's
-    qualitative findings with margins (PAPER.md, 'Numbers to reproduce')."""
+    qualitative findings with margins (docs/METHOD.md#the-synthetic-evidence)."""
     out, figure = tmp_path / "results.json", tmp_path / "figure.png"
     result = CliRunner().invoke(
         app, ["synth", "--preset", "quick", "--out", str(out), "--plot", str(figure)]

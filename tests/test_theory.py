@@ -107,7 +107,7 @@ def test_lemma3_matches_gaussian_average(dims, variance):
 def test_lemma3_unnormalised_dot_is_not_rank_consistent():
     """With -1/2||x-y||^2 the score is not a function of ||x - y|| alone (the <x, y> term), so
     a candidate's norm changes its rank: Direct is not Bayes-consistent for unnormalised
-    embeddings (PAPER.md, Lemma 3)."""
+    embeddings (docs/METHOD.md#when-direct-is-valid, Lemma 3)."""
     query = np.array([1.0, 0.0])
     near_small = np.array([0.5, 0.0])  # distance 0.5 from the query
     far_large = np.array([1.5, 0.0])  # also distance 0.5, larger inner product

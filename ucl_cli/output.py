@@ -1,33 +1,68 @@
-"""How query results reach stdout: a Rich table for people, JSON lines / TSV / paths for pipes.
+"""How results reach stdout: a Rich table for people, JSON lines / TSV / paths for pipes.
 
-The JSON lines schema is stable: one object per ranked candidate with the keys
+The JSON lines schema of query results is stable: one object per ranked candidate with the keys
     query, query_modality, rank, candidate, candidate_modality, score, method, bank
 and, when they apply, certified / lower / upper (topk), caption (caption), bridge (a list of
-{row, text, weight}) and effective_sample_size (--explain).
+{row, text, weight}, plus truncated: true for a bank text cut to the text towers' context) and
+effective_sample_size (--explain).
+
+The listing commands (`ucl banks`, `ucl cache info`, `ucl models`) take `--format table|jsonl`
+with the same default: a table on a terminal, JSON lines into a pipe or file.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ucl_cli.bridge import QueryResult
+from ucl_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from ucl_cli.bridge import QueryResult
+    from ucl_cli.bridge.pipeline import BridgeWeight
 
 Format = Literal["table", "jsonl", "tsv", "paths"]
 FORMATS: tuple[str, ...] = ("table", "jsonl", "tsv", "paths")
+LIST_FORMATS: tuple[str, ...] = ("table", "jsonl")
 TSV_COLUMNS = ("query", "rank", "candidate", "score", "method")
+LIST_FORMAT = typer.Option(
+    None,
+    "--format",
+    "-f",
+    metavar="table|jsonl",
+    help="table or jsonl (default: table on a terminal, jsonl in a pipe or file).",
+    show_default=False,
+)
 
 
 def default_format(stream: TextIO | None = None) -> Format:
     """A table on a terminal, JSON lines into a pipe or file."""
     stream = stream or sys.stdout
     return "table" if stream.isatty() else "jsonl"
+
+
+def list_format(chosen: str | None, stream: TextIO | None = None) -> str:
+    """The format of a listing command: the one asked for, else a table only on a terminal."""
+    chosen = chosen or default_format(stream)
+    if chosen not in LIST_FORMATS:
+        raise UsageError(f"unknown --format {chosen!r}; choose one of: {', '.join(LIST_FORMATS)}")
+    return chosen
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    for record in records:
+        stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+    stream.flush()
 
 
 def hit_records(results: Iterable[QueryResult]) -> Iterator[dict[str, Any]]:
@@ -49,12 +84,16 @@ def hit_records(results: Iterable[QueryResult]) -> Iterator[dict[str, Any]]:
             if hit.caption is not None:
                 record["caption"] = hit.caption
             if hit.bridge:
-                record["bridge"] = [
-                    {"row": item.row, "text": item.text, "weight": item.weight}
-                    for item in hit.bridge
-                ]
+                record["bridge"] = [_bridge_record(item) for item in hit.bridge]
                 record["effective_sample_size"] = hit.effective_sample_size
             yield record
+
+
+def _bridge_record(item: BridgeWeight) -> dict[str, Any]:
+    record: dict[str, Any] = {"row": item.row, "text": item.text, "weight": item.weight}
+    if item.truncated:  # the bank text was cut to the towers' context
+        record["truncated"] = True
+    return record
 
 
 def write_results(results: list[QueryResult], fmt: Format, stream: TextIO | None = None) -> None:
@@ -72,22 +111,25 @@ def write_results(results: list[QueryResult], fmt: Format, stream: TextIO | None
     else:
         console = Console(file=stream, highlight=False)
         for result in results:
-            console.print(_table(result))
+            console.print(_table(result, console.width))
     stream.flush()
 
 
-def _table(result: QueryResult) -> Table:
+def _table(result: QueryResult, width: int) -> Table:
     title = (
         f"{escape(str(result.query))} ({result.query_modality.value}) -> "
         f"{result.candidate_modality.value}, method {result.method}, bank {escape(result.bank)}"
     )
+    has_bounds = any(hit.certified is not None for hit in result.hits)
+    has_caption = any(hit.caption is not None for hit in result.hits)
+    has_bridge = any(hit.bridge for hit in result.hits)
+    # What the candidate column may take: rank and score need about 24 columns with the borders;
+    # with explanations or captions, the texts get the other half.
+    path_width = max(24, (width - 24) // (2 if has_bridge or has_caption else 1))
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
     table.add_column("candidate", overflow="fold")
     table.add_column("score", justify="right")
-    has_bounds = any(hit.certified is not None for hit in result.hits)
-    has_caption = any(hit.caption is not None for hit in result.hits)
-    has_bridge = any(hit.bridge for hit in result.hits)
     if has_bounds:
         table.add_column("certified")
         table.add_column("bounds", justify="right")
@@ -97,16 +139,38 @@ def _table(result: QueryResult) -> Table:
         table.add_column("carried by (weight)", overflow="fold")
         table.add_column("ESS", justify="right")
     for hit in result.hits:
-        row = [str(hit.rank), escape(str(hit.candidate)), f"{hit.score:.3f}"]
+        row = [str(hit.rank), escape(fold_path(str(hit.candidate), path_width)), f"{hit.score:.3f}"]
         if has_bounds:
             row += ["yes" if hit.certified else "no", f"[{hit.lower:.3f}, {hit.upper:.3f}]"]
         if has_caption:
             row.append(escape(hit.caption or ""))
         if has_bridge:
-            row.append("\n".join(f"{escape(b.text)} ({b.weight:.2f})" for b in hit.bridge))
+            row.append("\n".join(_bridge_line(b) for b in hit.bridge))
             row.append(f"{hit.effective_sample_size:.1f}")
         table.add_row(*row)
     return table
+
+
+def _bridge_line(item: BridgeWeight) -> str:
+    """A bank text and its weight; a text cut to the towers' context ends in "… (cut)"."""
+    cut = "… (cut)" if item.truncated else ""
+    return f"{escape(item.text)}{cut} ({item.weight:.2f})"
+
+
+def fold_path(path: str, width: int) -> str:
+    """`path` on lines of at most `width` characters, broken only after a folder separator, so
+    that no file or folder name is cut in two (a single name longer than `width` keeps its line).
+    """
+    separators = "/" + (os.sep if os.sep != "/" else "")
+    parts = re.split(f"(?<=[{re.escape(separators)}])", path)
+    lines, line = [], ""
+    for part in parts:
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = part
+        else:
+            line += part
+    return "\n".join([*lines, line])
 
 
 def _tsv_field(value: Any) -> str:

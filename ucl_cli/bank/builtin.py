@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ucl_cli.bank.indexer import IndexListener, IndexOptions, index_items
@@ -58,8 +59,13 @@ def builtin_bank(
     *,
     options: IndexOptions | None = None,
     listener: IndexListener | None = None,
+    on_build: Callable[[Path, int], None] | None = None,
 ) -> Bank:
-    """The AudioSet bank for these encoders, embedded on first use and cached afterwards."""
+    """The AudioSet bank for these encoders, embedded on first use and cached afterwards.
+
+    `on_build(path, rows)` is called when the bank is about to be embedded (first use, or a
+    damaged cache), so that a caller can say what the wait is for; `listener` hears its progress.
+    """
     path = banks_dir() / builtin_bank_name(encoders)
     texts = audioset_texts()
     options = replace(options or IndexOptions(), modality="text")
@@ -73,6 +79,8 @@ def builtin_bank(
                 bank.check_models(encoders)
                 return bank
             bank.close()
+    if on_build is not None:
+        on_build(path, len(texts))
     index_items(path, encoders, (text_item(text) for text in texts), options, listener)
     bank = load_bank(path)
     bank.check_models(encoders)

@@ -1,7 +1,9 @@
-"""Where banks live: names under the banks directory, or any directory the user names."""
+"""Where banks live: names under the banks directory, or any directory the user names; and which
+bank a command uses when none is named."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,8 @@ from ucl_cli.config import banks_dir
 from ucl_cli.errors import BankError, UsageError
 
 DEFAULT_BANK = "default"
+BUILTIN_BANK = "builtin"  # `--bank builtin`: the built-in AudioSet bank, even past a default one
+BANK_VARIABLE = "UCL_BANK"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -27,6 +31,57 @@ def resolve_bank(spec: str | Path | None) -> Path:
             "(give a path with a '/' for a directory elsewhere)"
         )
     return banks_dir() / spec
+
+
+@dataclass(frozen=True)
+class BankChoice:
+    """The bank a command uses and why, so that it can say so in one line.
+
+    path: the bank's directory; None for the built-in AudioSet bank (which lives under a name
+      derived from the models, known only once they are loaded).
+    reason: "--bank", "UCL_BANK", "default" (the bank `ucl index` writes without --bank), or
+      "no default bank" (the built-in bank, because there is no `default` yet).
+    """
+
+    path: Path | None
+    name: str
+    reason: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.path is None
+
+
+def choose_bank(flag: str | None, *, writing: bool = False) -> BankChoice:
+    """The one rule for which bank `ucl index`, `query` and `eval` use: `--bank` > the UCL_BANK
+    variable > the bank named `default` when it exists (what `ucl index` writes without --bank)
+    > the built-in AudioSet bank. Writing, the rule stops at `default`, existing or not.
+
+    A bank named by --bank or UCL_BANK must exist for reading (BankError saying how to build
+    it); `builtin` names the built-in bank and cannot be written (UsageError).
+    """
+    variable = os.environ.get(BANK_VARIABLE, "").strip() or None
+    spec, reason = (flag, "--bank") if flag else (variable, BANK_VARIABLE)
+    if spec is None:
+        spec, reason = DEFAULT_BANK, "default"
+    if spec == BUILTIN_BANK:
+        if writing:
+            raise UsageError(
+                f"{BUILTIN_BANK!r} names the built-in AudioSet bank, which is not written by "
+                "`ucl index`; choose another name"
+            )
+        return BankChoice(None, BUILTIN_BANK, reason)
+    path = resolve_bank(spec)
+    if writing or (path / MANIFEST_NAME).exists():
+        return BankChoice(path, path.name, reason)
+    if reason == "default":
+        return BankChoice(None, BUILTIN_BANK, "no default bank")
+    named_by = "--bank" if reason == "--bank" else f"{BANK_VARIABLE}={spec}"
+    raise BankError(
+        f"no bank at {path} (named by {named_by}): build one with "
+        f"`ucl index --bank {spec} corpus.txt`, or name another bank"
+        + ("" if reason == "--bank" else f" (or unset {BANK_VARIABLE})")
+    )
 
 
 @dataclass(frozen=True)

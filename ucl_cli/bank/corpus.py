@@ -6,21 +6,30 @@ JSON lines, not valid JSON or without the field) is skipped and reported through
 that one bad line does not stop the indexing of a scraped corpus of millions; with
 `strict=True` it is an error naming the file and line instead. Duplicates are removed where
 items meet the bank (`ucl_cli.bank.indexer`), which also catches duplicates across files.
+
+`ContextFit` fits the texts to the models that will embed them: a text longer than a text
+tower's context (77 tokens for CLIP and CLAP) would be cut silently by the tokenizer, differently
+by each tower; it is embedded instead as the whole words every tower takes in full, marked
+`truncated`, and counted with its FILE:LINE so that the CLI can say so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from ucl_cli.bank.items import BankItem, normalize_text, text_item
 from ucl_cli.errors import InputFileError, UsageError
+
+if TYPE_CHECKING:
+    from ucl_cli.encoders.base import Encoder
 
 FORMATS = ("lines", "csv", "tsv", "jsonl")
 EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
@@ -88,10 +97,86 @@ def corpus_items(
     options: CorpusOptions | None = None,
     on_skip: SkipCallback | None = None,
 ) -> Iterator[BankItem]:
-    """Bank items for the texts of several corpus files, in order."""
+    """Bank items for the texts of several corpus files, in order (each knows its FILE:LINE)."""
     for path in paths:
         for record in read_corpus(path, options, on_skip):
-            yield text_item(record.text, normalized=True)
+            yield text_item(record.text, normalized=True, origin=f"{path}:{record.line}")
+
+
+class ContextFit:
+    """Cuts texts some text tower could not embed whole to the longest run of whole words that
+    every tower embeds in full, so that both towers embed the same bank text and the bank says
+    what was embedded (`BankItem.truncated`). The key stays the full text's, so the same line
+    indexed again is still a duplicate.
+
+    Towers are the encoders with `text_token_counts(texts)` and `text_context` (tokens that fit,
+    special tokens included); other encoders (precomputed vectors, test fakes) cut nothing.
+    `cut` counts the texts cut and `where` names the first SHOWN of them (FILE:LINE).
+    """
+
+    SHOWN = 5
+    BATCH = 256
+
+    def __init__(self, encoders: Sequence[Encoder]):
+        self.towers = [e for e in encoders if callable(getattr(e, "text_token_counts", None))]
+        self.context = min((int(e.text_context) for e in self.towers), default=0)
+        self.cut = 0
+        self.where: list[str] = []
+
+    def apply(self, items: Iterable[BankItem]) -> Iterator[BankItem]:
+        """The items, long texts cut (lazily, a batch of texts tokenized at a time)."""
+        if not self.towers:
+            yield from items
+            return
+        iterator = iter(items)
+        while chunk := list(itertools.islice(iterator, self.BATCH)):
+            too_long = self._too_long([item.text for item in chunk])
+            for item, cut in zip(chunk, too_long, strict=True):
+                yield self._fit(item) if cut else item
+
+    def message(self) -> str | None:
+        """One line for the user when texts were cut (the CLI adds `ucl: `), else None."""
+        if not self.cut:
+            return None
+        texts, verb = ("1 text", "was") if self.cut == 1 else (f"{self.cut:,} texts", "were")
+        where = ", ".join(self.where)
+        if self.cut > len(self.where):
+            where += f" and {self.cut - len(self.where):,} more"
+        return (
+            f"{texts} longer than a text tower's context ({self.context} tokens) {verb} cut to "
+            f"the words every tower embeds: {where}; --explain marks them (cut)"
+        )
+
+    def _too_long(self, texts: list[str]) -> list[bool]:
+        # Every token covers at least one byte of the text; with a margin for the tokenizers'
+        # own cleaning, a text of at most half the context in UTF-8 bytes fits every tower.
+        floor = (self.context - 2) // 2
+        long = [n for n, text in enumerate(texts) if len(text.encode("utf-8")) > floor]
+        over = [False] * len(texts)
+        for tower in self.towers:
+            counts = tower.text_token_counts([texts[n] for n in long]) if long else []
+            for n, count in zip(long, counts, strict=True):
+                over[n] = over[n] or count > tower.text_context
+        return over
+
+    def _fits(self, text: str) -> bool:
+        return all(t.text_token_counts([text])[0] <= t.text_context for t in self.towers)
+
+    def _fit(self, item: BankItem) -> BankItem:
+        words = item.text.split(" ")
+        low, high = 0, len(words) - 1  # the most words that fit, by bisection
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._fits(" ".join(words[:middle])):
+                low = middle
+            else:
+                high = middle - 1
+        self.cut += 1
+        if item.origin is not None and len(self.where) < self.SHOWN:
+            self.where.append(item.origin)
+        # A first word longer than the context: nothing fits whole, the tokenizers cut it.
+        text = " ".join(words[:low]) if low else item.text
+        return replace(item, text=text, truncated=True)
 
 
 def count_lines(path: str | Path) -> int | None:

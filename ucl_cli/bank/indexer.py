@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ucl_cli.bank.items import BankItem
+from ucl_cli.bank.items import BankItem, KeySet
 from ucl_cli.bank.manifest import ModelRecord
 from ucl_cli.bank.writer import BankWriter, WriterOptions
 from ucl_cli.errors import InputFileError, UsageError
@@ -45,7 +45,8 @@ class IndexOptions:
 class IndexReport:
     bank: Path
     added: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # items whose key the bank already held, or this run's input repeated
+    repeated: int = 0  # of those, repeats of an earlier item of this run's input
     skipped: int = 0  # unreadable files (text corpora report their bad lines themselves)
     resumed: int = 0  # rows an interrupted run had embedded, published by this one
     total: int = 0
@@ -159,19 +160,25 @@ def _new_batches(
     those accepted since the current chunk was looked up cover every item seen.
     """
     batch: list[BankItem] = []
+    this_run = KeySet()  # keys of the batches handed out, to tell repeats from old rows
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
-        known = writer.contains_many([item.key for item in chunk])
+        keys = [item.key for item in chunk]
+        known = writer.contains_many(keys)
+        again = this_run.contains_many(keys)
         accepted = {item.key for item in batch}  # the partial batch is not in the writer yet
         before = report.duplicates
-        for item, seen in zip(chunk, known, strict=True):
+        for item, seen, repeat in zip(chunk, known, again, strict=True):
             if seen or item.key in accepted:
                 report.duplicates += 1
+                report.repeated += bool(repeat or item.key in accepted)
                 continue
             accepted.add(item.key)
             batch.append(item)
             if len(batch) == size:
                 yield batch
+                for handed in batch:
+                    this_run.add(handed.key)
                 batch = []
         if report.duplicates != before:
             listener.progress(report)

@@ -10,7 +10,7 @@ import hashlib
 import json
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,22 +25,36 @@ class BankItem:
     """One row of a bank.
 
     item_id: a stable name (the key for texts, the file path for images and audio); "id" on disk.
-    text: what a person reads for this row (the text itself, or the file's display path).
+    text: what a person reads for this row and what the models embedded (the text itself, or the
+      file's display path).
     key: 16 hex digits identifying the content; equal keys are duplicates.
+    truncated: the text was longer than a text tower's context, so `text` holds the whole words
+      every tower embedded and the key is still that of the full text (on disk only when true:
+      banks written before it existed read as not truncated).
+    origin: where the item came from ("FILE:LINE"), for messages; never stored.
     """
 
     item_id: str
     text: str
     key: str
+    truncated: bool = False
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def to_line(self) -> bytes:
-        record = {"id": self.item_id, "text": self.text, "key": self.key}
+        record: dict[str, object] = {"id": self.item_id, "text": self.text, "key": self.key}
+        if self.truncated:
+            record["truncated"] = True
         return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
     def from_line(cls, line: bytes | str) -> BankItem:
         record = json.loads(line)
-        return cls(item_id=record["id"], text=record["text"], key=record["key"])
+        return cls(
+            item_id=record["id"],
+            text=record["text"],
+            key=record["key"],
+            truncated=bool(record.get("truncated", False)),
+        )
 
 
 def normalize_text(text: str) -> str:
@@ -51,11 +65,11 @@ def normalize_text(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def text_item(text: str, *, normalized: bool = False) -> BankItem:
+def text_item(text: str, *, normalized: bool = False, origin: str | None = None) -> BankItem:
     """The bank row for a text; `normalized=True` skips normalising it again."""
     normalized = text if normalized else normalize_text(text)
     key = hashlib.blake2b(normalized.encode("utf-8"), digest_size=KEY_BYTES).hexdigest()
-    return BankItem(item_id=key, text=normalized, key=key)
+    return BankItem(item_id=key, text=normalized, key=key, origin=origin)
 
 
 def file_key(path: Path) -> str:

@@ -90,7 +90,7 @@ class BankWriter:
         try:
             self._open()
         except BaseException:
-            self._lock.release()
+            self._lock.release(remove_if_empty=True)
             raise
         return self
 
@@ -100,7 +100,7 @@ class BankWriter:
                 self.commit()  # rows a failed publish left staged wait for the next run
                 self.staging.close()
         finally:
-            self._lock.release()
+            self._lock.release(remove_if_empty=True)  # a run that left no rows leaves no trace
 
     @property
     def committed_rows(self) -> int:

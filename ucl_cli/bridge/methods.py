@@ -5,8 +5,8 @@ bank (e.g. CLIP: image and text); the "candidate model" embeds the bank and the 
 CLAP: text and audio). All embeddings are float32 unit-norm rows, so cosine is a dot product and
 each critic value is scale * dot.
 
-- `lse`: the exact Monte Carlo bridge score (PAPER.md Lemma 1), streamed over bank chunks
-  (each chunk is a shard; `combine_partials` joins them exactly).
+- `lse`: the exact Monte Carlo bridge score (Lemma 1, docs/METHOD.md#the-estimator), streamed
+  over bank chunks (each chunk is a shard; `combine_partials` joins them exactly).
 - `topk`: certified bounds from the T nearest bank rows of each query (exact, one pass) and of
   each candidate (FAISS), with T grown until the leading results are certified or a limit is
   reached.

@@ -1,9 +1,12 @@
 """One query run: files -> media -> encoders (through the cache) -> bank -> method -> ranked hits.
 
 `search` is the library entry point under `ucl query`: the CLI only formats what it returns.
-Queries may be images or audio; each query's modality picks the direction (image -> audio through
-the image-text model then the text-audio model, audio -> image the other way). All queries of one
-modality share one pass over the bank and one embedding of the candidates.
+It is `collect_query_inputs` (every named file checked by its header, cheap, before any model is
+loaded) then `search_inputs`. Queries may be images or audio; each query's modality picks the
+direction (image -> audio through the image-text model then the text-audio model, audio -> image
+the other way). All queries of one modality share one pass over the bank and one embedding of
+the candidates. A query that cannot be read is left out like a bad candidate (`failed_queries`), so
+one bad file does not sink a batch; `strict` raises the first instead.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -23,6 +26,9 @@ from ucl_cli.cache import EmbeddingCache, embed_files, open_cache
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
 from ucl_cli.modality import Modality
+
+if TYPE_CHECKING:
+    from ucl_cli.media.collect import QueryInputs
 
 Method = Literal["lse", "topk", "direct", "caption"]
 METHODS: tuple[str, ...] = ("lse", "topk", "direct", "caption")
@@ -45,11 +51,14 @@ class QueryOptions:
 
 @dataclass(frozen=True)
 class BridgeWeight:
-    """A bank item that carried a match, and its share softmax_m of the bridge sum."""
+    """A bank item that carried a match, and its share softmax_m of the bridge sum.
+    `truncated`: the bank text was cut to the text towers' context; `text` is what they embedded.
+    """
 
     row: int
     text: str
     weight: float
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,8 @@ class QueryResult:
 @dataclass
 class SearchReport:
     results: list[QueryResult]
-    skipped: list[InputFileError] = field(default_factory=list)
+    skipped: list[InputFileError] = field(default_factory=list)  # candidates left out
+    failed_queries: list[InputFileError] = field(default_factory=list)  # queries left out
     candidates: int = 0
     embedded: int = 0  # files embedded by this run (cache misses)
     cached: int = 0  # files whose embeddings came from the cache
@@ -88,7 +98,8 @@ class SearchReport:
 class SearchListener:
     """Hooks the CLI uses for progress and warnings; the library itself never prints."""
 
-    on_skip: Callable[[InputFileError], None] | None = None
+    on_skip: Callable[[InputFileError], None] | None = None  # a candidate left out
+    on_query_skip: Callable[[InputFileError], None] | None = None  # a query left out
     on_stage: Callable[[str, int], None] | None = None  # (description, total items)
     on_advance: Callable[[int], None] | None = None
 
@@ -104,29 +115,47 @@ def search(
     listener: SearchListener | None = None,
 ) -> SearchReport:
     """Rank `candidates` for each of `queries` through `bank` with the given encoders."""
-    from ucl_cli import media
+    from ucl_cli.media.collect import collect_query_inputs
 
     options = options or QueryOptions()
     listener = listener or SearchListener()
-    if options.method not in METHODS:
-        raise UsageError(f"unknown method {options.method!r}; choose one of: {', '.join(METHODS)}")
-    query_files = media.collect_media(queries, strict=True)
-    if not query_files.files:
-        raise UsageError("no query files given")
-    found = media.collect_media(candidates, strict=options.strict, on_skip=listener.on_skip)
-    if not found.files:
-        where = ", ".join(str(c) for c in candidates)
-        raise UsageError(f"no usable candidate image or audio files in {where}")
-    if len(found.modalities) > 1:
-        raise UsageError(
-            "the candidates mix images and audio; pass one kind "
-            "(e.g. a folder of audio clips for an image query)"
-        )
-    candidate_modality = next(iter(found.modalities))
+    _check_method(options)
+    inputs = collect_query_inputs(
+        queries,
+        candidates,
+        strict=options.strict,
+        on_query_skip=listener.on_query_skip,
+        on_skip=listener.on_skip,
+    )
+    return search_inputs(
+        inputs, encoders=encoders, bank=bank, options=options, cache=cache, listener=listener
+    )
+
+
+def search_inputs(
+    inputs: QueryInputs,
+    *,
+    encoders: Sequence[Encoder],
+    bank: Bank,
+    options: QueryOptions | None = None,
+    cache: EmbeddingCache | None = None,
+    listener: SearchListener | None = None,
+) -> SearchReport:
+    """`search` on inputs `collect_query_inputs` has already checked (as `ucl query` does, before
+    it loads the models). A query that fails to decode is left out like one that failed its
+    check: every query ends up in `results` or in `failed_queries`."""
+    options = options or QueryOptions()
+    listener = listener or SearchListener()
+    _check_method(options)
+    query_files, candidate_modality = inputs.queries, inputs.candidate_modality
     bank.check_models(encoders)
     own_cache = cache is None
     cache = cache or open_cache()
-    report = SearchReport(results=[], skipped=list(found.skipped))
+    report = SearchReport(
+        results=[],
+        skipped=list(inputs.candidates.skipped),
+        failed_queries=list(query_files.skipped),
+    )
     try:
         for query_modality in sorted(query_files.modalities, key=lambda m: m.value):
             paths = [f.path for f in query_files.files if f.modality == query_modality]
@@ -134,7 +163,7 @@ def search(
                 _search_one_direction(
                     paths,
                     query_modality,
-                    found.paths,
+                    inputs.candidates.paths,
                     candidate_modality,
                     encoders,
                     bank,
@@ -150,6 +179,11 @@ def search(
     order = {Path(f.path): i for i, f in enumerate(query_files.files)}
     report.results.sort(key=lambda result: order[result.query])
     return report
+
+
+def _check_method(options: QueryOptions) -> None:
+    if options.method not in METHODS:
+        raise UsageError(f"unknown method {options.method!r}; choose one of: {', '.join(METHODS)}")
 
 
 def _search_one_direction(
@@ -168,17 +202,12 @@ def _search_one_direction(
     query_model = encoder_for(encoders, query_modality, bridge)
     candidate_model = encoder_for(encoders, candidate_modality, bridge)
     query_embeddings = _embed(
-        query_model, query_modality, query_paths, cache, options, listener, report, strict=True
+        query_model, query_modality, query_paths, cache, options, listener, report, query=True
     )
+    if not query_embeddings.paths:
+        return []  # every query of this modality failed to decode: each is in failed_queries
     candidate_embeddings = _embed(
-        candidate_model,
-        candidate_modality,
-        candidate_paths,
-        cache,
-        options,
-        listener,
-        report,
-        strict=options.strict,
+        candidate_model, candidate_modality, candidate_paths, cache, options, listener, report
     )
     kept_candidates = candidate_embeddings.paths
     if not kept_candidates:
@@ -269,14 +298,15 @@ def _check_direct(
     candidates: np.ndarray,
     forced: bool,
 ) -> None:
-    """Direct comparison is Bayes-consistent only inside one trained space (PAPER.md, Lemma 2)."""
+    """Direct comparison is Bayes-consistent only inside one trained space
+    (docs/METHOD.md#when-direct-is-valid)."""
     if query_model.key == candidate_model.key:
         return
     if not forced:
         raise UsageError(
             f"direct comparison needs one model that embeds both modalities; {query_model.key} "
             f"and {candidate_model.key} were trained separately, so the cosine between their "
-            "embeddings is meaningless (PAPER.md, Lemma 2). Use --method lse, or "
+            "embeddings is meaningless (Che & Eysenbach, ICLR 2025, Lemma 2). Use --method lse, or "
             "--force-direct to compute it anyway"
         )
     if queries.shape[1] != candidates.shape[1]:
@@ -322,10 +352,10 @@ def _explanations(
             )
             if row >= 0
         ]
-        texts = bank.texts([row for row, _ in listed])
+        items = [bank.item(row) for row, _ in listed]
         weights = tuple(
-            BridgeWeight(row, text, float(weight))
-            for (row, weight), text in zip(listed, texts, strict=True)
+            BridgeWeight(row, item.text, float(weight), item.truncated)
+            for (row, weight), item in zip(listed, items, strict=True)
         )
         out[pair] = (weights, float(explanation.effective_sample_size[p]))
     return out
@@ -340,8 +370,10 @@ def _embed(
     listener: SearchListener,
     report: SearchReport,
     *,
-    strict: bool,
+    query: bool = False,
 ):
+    """Embed through the cache; a file that fails to decode is left out (queries into
+    `failed_queries`, candidates into `skipped`), or raised with `strict`."""
     if listener.on_stage is not None:
         listener.on_stage(
             f"embedding {len(paths)} {modality.value} files with {encoder.key}", len(paths)
@@ -353,10 +385,10 @@ def _embed(
         cache,
         batch_size=options.batch_size,
         progress=listener.on_advance,
-        strict=strict,
-        on_skip=listener.on_skip,
+        strict=options.strict,
+        on_skip=listener.on_query_skip if query else listener.on_skip,
     )
-    report.skipped.extend(embedded.skipped)
+    (report.failed_queries if query else report.skipped).extend(embedded.skipped)
     report.embedded += embedded.computed
     report.cached += embedded.cached
     return embedded

@@ -1,5 +1,6 @@
-"""What several commands share: choosing and loading the models. Not a command itself
-(modules whose names start with '_' are not registered)."""
+"""What several commands share: their common options, choosing and loading the models, and
+saying which bank they use. Not a command itself (modules whose names start with '_' are not
+registered)."""
 
 from __future__ import annotations
 
@@ -12,30 +13,64 @@ from rich.console import Console
 
 if TYPE_CHECKING:
     from ucl_cli.bank import Bank
+    from ucl_cli.bank.catalog import BankChoice
     from ucl_cli.encoders.base import Encoder
 
 
 # Options that several commands take, declared once.
 IMAGE_TEXT_MODEL = typer.Option(
-    None, "--image-text-model", help="Image-text model key.", show_default=False
+    None,
+    "--image-text-model",
+    metavar="KEY",
+    help="Image-text model key (default: the bank's, else the registry default; see ucl models).",
+    show_default=False,
 )
 TEXT_AUDIO_MODEL = typer.Option(
-    None, "--text-audio-model", help="Text-audio model key.", show_default=False
+    None,
+    "--text-audio-model",
+    metavar="KEY",
+    help="Text-audio model key (default: the bank's, else the registry default; see ucl models).",
+    show_default=False,
 )
-DEVICE = typer.Option("auto", help="auto, cpu, cuda or cuda:N.")
+IMAGE_TEXT_WEIGHTS = typer.Option(
+    None,
+    "--image-text-weights",
+    metavar="PATH",
+    help="Checkpoint file (or folder) for the image-text model, instead of the model cache's.",
+    show_default=False,
+)
+TEXT_AUDIO_WEIGHTS = typer.Option(
+    None,
+    "--text-audio-weights",
+    metavar="PATH",
+    help="Checkpoint file for the text-audio model, instead of the model cache's.",
+    show_default=False,
+)
+DEVICE = typer.Option("auto", metavar="DEVICE", help="auto, cpu, cuda or cuda:N.")
+BANK_RULE = (
+    "without it: UCL_BANK, else the bank named default when it exists (what `ucl index` writes "
+    "without --bank), else the built-in AudioSet bank"
+)
 BANK = typer.Option(
     None,
     "--bank",
     "-b",
-    help="Bank name or directory (default: the built-in AudioSet labels bank).",
+    metavar="NAME",
+    help=f"Bank name or directory, or builtin for the built-in AudioSet bank; {BANK_RULE}.",
     show_default=False,
 )
 BATCH_SIZE = typer.Option(
-    None, "--batch-size", min=1, help="Files embedded per batch.", show_default=False
+    None, "--batch-size", min=1, metavar="N", help="Files embedded per batch.", show_default=False
 )
-TOPK_K = typer.Option(64, "--k", min=1, help="topk: nearest bank rows found per candidate (FAISS).")
+TOPK_K = typer.Option(
+    64, "--k", min=1, metavar="N", help="topk: nearest bank rows found per candidate (FAISS)."
+)
 TOPK_K_MAX = typer.Option(
-    8192, "--k-max", min=1, help="topk: most top bank rows used per query (from 1,024 up)."
+    8192,
+    "--k-max",
+    min=1,
+    metavar="N",
+    help="topk: most top bank rows used per query (from 1,024 up).",
 )
 NO_CACHE = typer.Option(
     False, "--no-cache", help="Neither read nor write the embedding cache (or UCL_NO_CACHE=1)."
@@ -49,16 +84,38 @@ ALLOW_OTHER_WEIGHTS = typer.Option(
 )
 
 
-def load_encoder(key: str, *, device: str) -> Encoder:
-    """The registry's loader (real weights, stand-ins or plugins); the seam tests may replace."""
+def load_encoder(key: str, *, device: str, weights: Path | None = None) -> Encoder:
+    """The registry's loader (real weights, stand-ins or plugins); the seam tests may replace.
+    `weights`: a local checkpoint used instead of the model cache's (`--image-text-weights`)."""
     from ucl_cli.encoders.registry import load_encoder as registry_load_encoder
 
-    return registry_load_encoder(key, device=device)
+    return registry_load_encoder(key, device=device, weights=weights)
 
 
-def load_encoders(keys: Sequence[str], device: str, console: Console) -> list[Encoder]:
+def weights_argument(weights: Sequence[Path | None], n: int) -> dict[str, Path]:
+    """`weights=` for the n-th model only when a checkpoint was given for it, so that loaders
+    standing in for `load_encoder` need not take the argument."""
+    path = weights[n] if n < len(weights) else None
+    return {} if path is None else {"weights": path}
+
+
+def load_encoders(
+    keys: Sequence[str], device: str, console: Console, weights: Sequence[Path | None] = ()
+) -> list[Encoder]:
+    """Load the models; say once, on stderr, when any of them is a random-weight stand-in."""
+    from rich.markup import escape
+
+    from ucl_cli.encoders.standins import standin_warning
+
     with console.status(f"loading {', '.join(keys)} on {device}"):
-        return [load_encoder(key, device=device) for key in keys]
+        encoders = [
+            load_encoder(key, device=device, **weights_argument(weights, n))
+            for n, key in enumerate(keys)
+        ]
+    standins = [encoder.key for encoder in encoders if getattr(encoder, "standin", False)]
+    if standins:
+        console.print(f"[yellow]ucl:[/] {escape(standin_warning(standins))}", soft_wrap=True)
+    return encoders
 
 
 def default_model_keys() -> tuple[str, str]:
@@ -92,19 +149,48 @@ def bank_model_keys(bank_dir: Path) -> list[str]:
         return [] if state is None else [model.key for model in state.models]
 
 
-def existing_bank(spec: str) -> Path:
-    """The directory of an existing bank, or a BankError saying how to build one."""
-    from ucl_cli.bank import resolve_bank
-    from ucl_cli.bank.manifest import MANIFEST_NAME
+def plural(count: int, singular: str, plural_form: str | None = None) -> str:
+    """A count and its noun: "1 candidate", "2 candidates", "1,204 texts"."""
+    return f"{count:,} {singular if count == 1 else plural_form or singular + 's'}"
+
+
+# Why `choose_bank` picked a bank, as the one line `query` and `eval` print says it.
+_WHY = {
+    "--bank": "--bank",
+    "UCL_BANK": "from UCL_BANK",
+    "default": "the bank `ucl index` writes by default",
+    "no default bank": "no bank named default yet; index a corpus with `ucl index corpus.txt`",
+}
+_ROWS = {"text": ("text", None), "image": ("image", None), "audio": ("audio clip", None)}
+
+
+def bank_rows(count: int, modality: str) -> str:
+    """What a bank holds, in its own words: "1,204 texts", "40 images", "1 audio clip"."""
+    return plural(count, *_ROWS.get(modality, ("item", None)))
+
+
+def announce_bank(choice: BankChoice, console: Console) -> None:
+    """Say once on stderr which bank this command uses and why, before anything slow starts:
+    "ucl: bank default (1,204 texts; the bank `ucl index` writes by default)"."""
+    from rich.markup import escape
+
+    from ucl_cli.bank import audioset_texts
+    from ucl_cli.bank.manifest import read_manifest
     from ucl_cli.errors import BankError
 
-    path = resolve_bank(spec)
-    if not (path / MANIFEST_NAME).exists():
-        raise BankError(
-            f"no bank at {path}: build one with `ucl index --bank {spec} corpus.txt`, "
-            "or omit --bank to use the built-in AudioSet bank"
-        )
-    return path
+    why = _WHY[choice.reason]
+    if choice.builtin:
+        why = "--bank builtin" if choice.reason == "--bank" else why
+        rows = bank_rows(len(audioset_texts()), "text")
+        console.print(f"ucl: built-in AudioSet bank ({rows}; {escape(why)})", soft_wrap=True)
+        return
+    try:
+        manifest = read_manifest(choice.path)
+    except BankError:
+        rows = "unreadable manifest"  # opening the bank reports the problem in full
+    else:
+        rows = bank_rows(manifest.count, manifest.modality)
+    console.print(f"ucl: bank {escape(choice.name)} ({rows}; {escape(why)})", soft_wrap=True)
 
 
 def open_bank(
@@ -116,7 +202,7 @@ def open_bank(
 ) -> Bank:
     """The bank at `bank_dir`, or the built-in AudioSet bank for these encoders when None
     (which is keyed by their weights, so it always matches them)."""
-    from ucl_cli.bank import builtin_bank, load_bank
+    from ucl_cli.bank import load_bank
 
     if bank_dir is not None:
         bank = load_bank(bank_dir, verify="on_read", check_weights=not allow_other_weights)
@@ -130,5 +216,28 @@ def open_bank(
                 soft_wrap=True,
             )
         return bank
-    with console.status("preparing the built-in AudioSet bank (first use only)"):
-        return builtin_bank(list(encoders))
+    return _builtin_with_progress(encoders, console)
+
+
+def _builtin_with_progress(encoders: Sequence[Encoder], console: Console) -> Bank:
+    """The built-in bank; on first use say once what is built and where it is kept, then show
+    the embedding's progress (minutes on a CPU)."""
+    from rich.markup import escape
+
+    from ucl_cli.bank import builtin_bank
+    from ucl_cli.commands._progress import IndexProgress, ProgressView
+
+    view = ProgressView(console)
+    listener = IndexProgress(view)
+
+    def building(path: Path, rows: int) -> None:
+        models = " and ".join(encoder.key for encoder in encoders)
+        view.say(
+            f"building the built-in AudioSet bank for {escape(models)} ({rows:,} texts, once; "
+            f"cached in {escape(str(path))})",
+            warning=False,
+        )
+        listener.start(rows)
+
+    with view:
+        return builtin_bank(list(encoders), listener=listener, on_build=building)

@@ -1,43 +1,61 @@
 """`ucl banks`: the banks under the banks directory, with their models, sizes and dates.
 
-The table goes to stdout; a note that there are none goes to stderr.
+The list goes to stdout (a table on a terminal, JSON lines in a pipe); a note that there are none
+goes to stderr.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ucl_cli.commands._help import UclCommand, examples
+from ucl_cli.output import LIST_FORMAT
+
 if TYPE_CHECKING:
     from ucl_cli.bank import BankSummary
 
 
 PIPE_WIDTH = 200
+EXAMPLES = examples(
+    ("ucl banks", "items, models, index, size, last update"),
+    ("ucl banks --verify", "also re-read every file against its SHA-256"),
+    ("ucl banks --format jsonl | jq -r .name", "bank names, for scripts"),
+)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("banks")(banks)
+    app.command("banks", cls=UclCommand, epilog=EXAMPLES)(banks)
 
 
 def banks(
     verify: bool = typer.Option(
         False, "--verify", help="Also check every file's SHA-256 (reads each bank once)."
     ),
+    output_format: str | None = LIST_FORMAT,
 ) -> None:
-    """List the banks under the banks directory (UCL_HOME/banks)."""
+    """List the banks under the banks directory (UCL_HOME/banks).
+
+    JSON lines: one object per bank with name, path, items, modality, models (key, dim), index,
+    size_bytes, updated, staged_rows, problem, and verified with --verify."""
     from ucl_cli.bank import list_banks
     from ucl_cli.config import banks_dir
+    from ucl_cli.output import list_format, write_jsonl
 
+    chosen = list_format(output_format)
     root = banks_dir()
     summaries = list_banks(root)
     if not summaries:
         Console(stderr=True, highlight=False).print(
             f"no banks under {escape(str(root))} yet; build one with `ucl index CORPUS`"
         )
+        return
+    if chosen == "jsonl":
+        write_jsonl(_record(summary, verify) for summary in summaries)
         return
     table = Table(title=f"banks in {escape(str(root))}")
     table.add_column("name", no_wrap=True)
@@ -54,6 +72,27 @@ def banks(
     if not stdout.is_terminal:  # a pipe or a file: no terminal width to fit, so never truncate
         stdout = Console(highlight=False, width=max(stdout.width, PIPE_WIDTH))
     stdout.print(table)
+
+
+def _record(summary: BankSummary, verify: bool) -> dict[str, Any]:
+    """One bank as a JSON object (the `--format jsonl` schema)."""
+    manifest = summary.manifest
+    models = [] if manifest is None else manifest.models
+    record: dict[str, Any] = {
+        "name": summary.name,
+        "path": str(summary.path),
+        "items": None if manifest is None else manifest.count,
+        "modality": None if manifest is None else manifest.modality,
+        "models": [{"key": model.key, "dim": model.dim} for model in models],
+        "index": None if manifest is None else manifest.faiss_index,
+        "size_bytes": summary.size_bytes,
+        "updated": None if manifest is None else manifest.updated,
+        "staged_rows": summary.staged_rows,
+        "problem": summary.problem,
+    }
+    if verify and manifest is not None:
+        record["verified"] = _verify(summary)
+    return record
 
 
 def _row(summary: BankSummary, verify: bool) -> list[str]:
@@ -75,7 +114,8 @@ def _row(summary: BankSummary, verify: bool) -> list[str]:
             "; ".join(notes),
         ]
     if verify:
-        notes.append(_verified(summary))
+        verified = _verify(summary)
+        notes.append(escape(verified) if verified == VERIFIED else f"[red]{escape(verified)}[/]")
     models = "\n".join(f"{escape(model.key)} ({model.dim})" for model in manifest.models)
     return [
         escape(summary.name),
@@ -89,15 +129,19 @@ def _row(summary: BankSummary, verify: bool) -> list[str]:
     ]
 
 
-def _verified(summary: BankSummary) -> str:
+VERIFIED = "checksums ok"
+
+
+def _verify(summary: BankSummary) -> str:
+    """"checksums ok", or why the bank's files do not match its manifest."""
     from ucl_cli.bank import load_bank
     from ucl_cli.errors import BankError
 
     try:
         load_bank(summary.path, verify="reread").close()
     except BankError as err:
-        return f"[red]{escape(str(err))}[/]"
-    return "checksums ok"
+        return str(err)
+    return VERIFIED
 
 
 def _size(size: int) -> str:

@@ -1,11 +1,13 @@
 """`ucl cache info` and `ucl cache clear [--model KEY]`: look at and empty the embedding cache
 (and, clearing everything, the index scans that `ucl query --method topk` saves).
 
-Results (the table) go to stdout, messages to stderr. The cache module is imported inside the
-commands so that `ucl --help` stays fast.
+Results (a table on a terminal, JSON lines in a pipe) go to stdout, messages to stderr. The cache
+module is imported inside the commands so that `ucl --help` stays fast.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -13,6 +15,25 @@ from rich.markup import escape
 from rich.table import Table
 
 from ucl_cli import config
+from ucl_cli.commands._help import UclCommand, examples
+from ucl_cli.output import LIST_FORMAT
+
+if TYPE_CHECKING:
+    from ucl_cli.cache import CacheStats
+
+GROUP_EXAMPLES = examples(
+    ("ucl cache info", "where, how large, vectors per model"),
+    ("ucl cache clear --model clap:630k-audioset-best", "forget one model's vectors"),
+    ("ucl query photo.jpg -c sounds/ --no-cache", "a query without the cache"),
+)
+INFO_EXAMPLES = examples(
+    ("ucl cache info", "a table on a terminal"),
+    ("ucl cache info --format jsonl | jq .vectors", "for scripts"),
+)
+CLEAR_EXAMPLES = examples(
+    ("ucl cache clear", "every cached vector and the saved index scans"),
+    ("ucl cache clear --model clap:630k-audioset-best", "one model's vectors only"),
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -20,16 +41,22 @@ def register(app: typer.Typer) -> None:
         name="cache",
         help="The embedding cache: what it holds, and emptying it.",
         no_args_is_help=True,
+        epilog=GROUP_EXAMPLES,
     )
-    group.command("info")(info)
-    group.command("clear")(clear)
+    group.command("info", cls=UclCommand, epilog=INFO_EXAMPLES)(info)
+    group.command("clear", cls=UclCommand, epilog=CLEAR_EXAMPLES)(clear)
     app.add_typer(group, name="cache")
 
 
-def info() -> None:
-    """Show where the cache is, its size, and how many vectors each model has there."""
-    from ucl_cli.cache import EmbeddingCache
+def info(output_format: str | None = LIST_FORMAT) -> None:
+    """Show where the cache is, its size, and how many vectors each model has there.
 
+    JSON lines: one object for the cache, with path, file_bytes, vectors, hashed_files,
+    schema_version, unverified, read_only and models (model, modality, dim, vectors, bytes)."""
+    from ucl_cli.cache import EmbeddingCache
+    from ucl_cli.output import list_format, write_jsonl
+
+    chosen = list_format(output_format)
     path = config.cache_path()
     messages = Console(stderr=True, highlight=False)
     if not path.exists():
@@ -37,6 +64,9 @@ def info() -> None:
         return
     with EmbeddingCache(path, on_warning=_ignore) as cache:  # read-only: said in the caption
         stats = cache.stats()
+    if chosen == "jsonl":
+        write_jsonl([_record(stats)])
+        return
     caption = (
         f"{stats.vectors:,} vectors, {_size(stats.file_bytes)} on disk, "
         f"{stats.hashed_files:,} file hashes remembered, schema v{stats.schema_version}"
@@ -61,9 +91,36 @@ def info() -> None:
     Console(highlight=False).print(table)
 
 
+def _record(stats: CacheStats) -> dict[str, Any]:
+    """The cache as one JSON object (the `--format jsonl` schema)."""
+    return {
+        "path": str(stats.path),
+        "file_bytes": stats.file_bytes,
+        "vectors": stats.vectors,
+        "hashed_files": stats.hashed_files,
+        "schema_version": stats.schema_version,
+        "unverified": stats.unverified,
+        "read_only": stats.read_only,
+        "models": [
+            {
+                "model": entry.model,
+                "modality": entry.modality,
+                "dim": entry.dim,
+                "vectors": entry.vectors,
+                "bytes": entry.bytes,
+            }
+            for entry in stats.models
+        ],
+    }
+
+
 def clear(
     model: str | None = typer.Option(
-        None, "--model", help="Remove only this model's vectors (its key); others are kept."
+        None,
+        "--model",
+        metavar="KEY",
+        help="Remove only this model's vectors (its key); others are kept.",
+        show_default=False,
     ),
 ) -> None:
     """Delete cached embeddings (all, or one model's); they are recomputed when next needed.

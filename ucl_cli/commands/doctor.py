@@ -1,4 +1,7 @@
-"""`ucl doctor`: versions, the device, which model files are present, what is missing and how."""
+"""`ucl doctor`: versions, the device, which model files are present, what is missing and how.
+
+The report goes to stdout; the warning that cached models are random-weight stand-ins, to stderr.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,29 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ucl_cli.commands._help import UclCommand, examples
+
+EXAMPLES = examples(
+    ("ucl doctor", "versions, device, which models are cached"),
+    ("HF_HOME=/mnt/models ucl doctor", "check a copied model cache"),
+    ("UCL_DEVICE=cpu ucl doctor", "the device with UCL_DEVICE set"),
+)
+
 
 def doctor() -> None:
-    """Report package versions, the device, the hub cache, and the state of every model."""
+    """Report package versions, the device, the hub cache, and the state of every model.
+
+    A model is `ok` when its files are in the cache, `stand-in` when they are random-weight
+    stand-ins (rankings with them are meaningless), `missing` otherwise, with the files and the
+    command that fetches them."""
     from ucl_cli.encoders import hub
+    from ucl_cli.encoders.standins import standin_warning
     from ucl_cli.encoders.status import (
         all_model_status,
         device_status,
         package_versions,
         plugin_errors,
+        standin_keys,
     )
 
     out = Console(highlight=False)
@@ -42,21 +59,32 @@ def doctor() -> None:
         out.print(f"[red]backend plugin {escape(name)} failed to load:[/] {escape(error)}")
 
     out.print("[bold]models[/]")
-    labels = {"cached": "[green]ok     [/]", "missing": "[red]missing[/]"}
-    for status in all_model_status():
+    labels = {
+        "cached": "[green]ok      [/]",
+        "stand-in": "[yellow]stand-in[/]",
+        "missing": "[red]missing [/]",
+    }
+    statuses = all_model_status()
+    for status in statuses:
         key = escape(status.spec.key)
         if status.state == "no backend":
             out.print(f"  [red]backend {escape(status.spec.backend)} not installed[/] {key}")
             continue
         default = " (default)" if status.is_default else ""
-        out.print(f"  {labels[status.state]} {key}{default}")
+        label = labels["stand-in" if status.standin else status.state]
+        out.print(f"  {label} {key}{default}")
         if status.missing and status.is_default:
-            out.print(f"          missing: {escape(', '.join(status.missing))}")
-            out.print(f"          get them: `ucl models fetch {key}` on a machine with internet")
+            out.print(f"           missing: {escape(', '.join(status.missing))}")
+            out.print(f"           get them: `ucl models fetch {key}` on a machine with internet")
     out.print(
         "Models marked missing load once `ucl models fetch KEY` has put their files in the cache."
     )
+    standins = standin_keys(statuses)
+    if standins:
+        Console(stderr=True, highlight=False).print(
+            f"[yellow]ucl:[/] {escape(standin_warning(standins))}", soft_wrap=True
+        )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("doctor")(doctor)
+    app.command("doctor", cls=UclCommand, epilog=EXAMPLES)(doctor)

@@ -14,19 +14,23 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ucl_cli.commands._help import UclCommand, examples
 from ucl_cli.commands._shared import (
     ALLOW_OTHER_WEIGHTS,
     BANK,
     BATCH_SIZE,
     DEVICE,
     IMAGE_TEXT_MODEL,
+    IMAGE_TEXT_WEIGHTS,
     NO_CACHE,
     TEXT_AUDIO_MODEL,
+    TEXT_AUDIO_WEIGHTS,
     TOPK_K,
     TOPK_K_MAX,
 )
 
 if TYPE_CHECKING:
+    from ucl_cli.commands._progress import ProgressView
     from ucl_cli.errors import InputFileError
     from ucl_cli.evaluation import EvalListener
 
@@ -34,31 +38,45 @@ if TYPE_CHECKING:
 SHOWN = 5
 
 
+EXAMPLES = examples(
+    ("ucl eval pairs.csv --bank captions", "every method, 100 trials"),
+    ("ucl eval pairs.csv -m lse,topk --bank-sizes 100,1k --plot recall.png", "recall against M"),
+    ("ucl eval pairs.csv --direction audio-to-image --out report.json", "the other way, as JSON"),
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("eval")(evaluate_command)
+    app.command("eval", cls=UclCommand, epilog=EXAMPLES)(evaluate_command)
 
 
 def evaluate_command(
     manifest: Path = typer.Argument(
         ...,
         help="CSV of paired files: columns image, audio, optional caption... and id.",
+        metavar="MANIFEST",
         dir_okay=False,
         show_default=False,
     ),
     bank: str | None = BANK,
-    trials: int = typer.Option(100, "--trials", min=1, help="Random trials."),
-    candidates: int = typer.Option(25, "--candidates", min=2, help="Candidates per trial."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the trials and of the sub-banks."),
+    trials: int = typer.Option(100, "--trials", min=1, metavar="N", help="Random trials."),
+    candidates: int = typer.Option(
+        25, "--candidates", min=2, metavar="N", help="Candidates per trial."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", metavar="N", help="Seed of the trials and of the sub-banks."
+    ),
     methods: str = typer.Option(
         "lse,topk,direct,caption",
         "--methods",
         "-m",
+        metavar="METHOD,...",
         help="Comma-separated methods; direct only where one model embeds both sides "
         "(or with --force-direct).",
     ),
     bank_sizes: str | None = typer.Option(
         None,
         "--bank-sizes",
+        metavar="N,...",
         help="Sizes of random sub-banks to measure recall against M, e.g. 100,1k,10k "
         "(the whole bank is always measured).",
         show_default=False,
@@ -66,13 +84,17 @@ def evaluate_command(
     direction: str = typer.Option(
         "image-to-audio",
         "--direction",
+        metavar="DIRECTION",
         help="image-to-audio or audio-to-image (also image->audio, audio->image, quoted): "
         "which side of each pair is the query.",
     ),
-    recall_at: str = typer.Option("1,5,10", "--recall-at", help="Recall cut-offs k."),
+    recall_at: str = typer.Option(
+        "1,5,10", "--recall-at", metavar="K,...", help="Recall cut-offs k."
+    ),
     out: Path | None = typer.Option(
         None,
         "--out",
+        metavar="PATH",
         help="Write every number, the options, models, versions and bank checksum as JSON.",
         dir_okay=False,
         show_default=False,
@@ -80,6 +102,7 @@ def evaluate_command(
     plot: Path | None = typer.Option(
         None,
         "--plot",
+        metavar="PATH",
         help="Draw recall against bank size with intervals shaded (PNG, PDF or SVG).",
         dir_okay=False,
         show_default=False,
@@ -94,6 +117,8 @@ def evaluate_command(
     k_max: int = TOPK_K_MAX,
     image_text_model: str | None = IMAGE_TEXT_MODEL,
     text_audio_model: str | None = TEXT_AUDIO_MODEL,
+    image_text_weights: Path | None = IMAGE_TEXT_WEIGHTS,
+    text_audio_weights: Path | None = TEXT_AUDIO_WEIGHTS,
     device: str = DEVICE,
     batch_size: int | None = BATCH_SIZE,
     strict: bool = typer.Option(
@@ -103,8 +128,10 @@ def evaluate_command(
     allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
 ) -> None:
     """Measure recall@k (fair ties), mean rank and 95% intervals of each method on paired data."""
+    from ucl_cli.bank.catalog import choose_bank
     from ucl_cli.cache import open_cache
-    from ucl_cli.commands._shared import existing_bank, load_encoders, model_keys, open_bank
+    from ucl_cli.commands._progress import ProgressView
+    from ucl_cli.commands._shared import announce_bank, load_encoders, model_keys, open_bank
     from ucl_cli.config import resolve_device
     from ucl_cli.evaluation import (
         EvalOptions,
@@ -134,10 +161,12 @@ def evaluate_command(
     )
     pairs = read_pairs(manifest)
     stderr = Console(stderr=True, highlight=False)
-    bank_dir = None if bank is None else existing_bank(bank)
-    keys = model_keys(bank_dir, image_text_model, text_audio_model)
-    encoders = load_encoders(keys, options.device, stderr)
-    opened = open_bank(bank_dir, encoders, stderr, allow_other_weights=allow_other_weights)
+    choice = choose_bank(bank)  # --bank, else UCL_BANK, else default, else the built-in one
+    announce_bank(choice, stderr)
+    keys = model_keys(choice.path, image_text_model, text_audio_model)
+    weights = [image_text_weights, text_audio_weights]
+    encoders = load_encoders(keys, options.device, stderr, weights)
+    opened = open_bank(choice.path, encoders, stderr, allow_other_weights=allow_other_weights)
 
     def on_cache_warning(text: str) -> None:
         stderr.print(f"[yellow]ucl:[/] {escape(text)}", soft_wrap=True)
@@ -145,7 +174,7 @@ def evaluate_command(
     with (
         opened,
         open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
-        _Progress(stderr) as progress,
+        ProgressView(stderr) as view,
     ):
         report = evaluate(
             pairs,
@@ -153,7 +182,7 @@ def evaluate_command(
             bank=opened,
             options=options,
             cache=cache,
-            listener=progress.listener(),
+            listener=_listener(view),
         )
     record = report.to_json()
     if out is not None:
@@ -224,39 +253,14 @@ def _summary(console: Console, record: dict, out: Path | None, plot: Path | None
             console.print(f"wrote {escape(str(path))}")
 
 
-class _Progress:
-    """A Rich progress bar on stderr driven by the evaluation's listener."""
+def _listener(view: ProgressView) -> EvalListener:
+    """The evaluation's stages and skipped files, on the shared progress view."""
+    from ucl_cli.evaluation import EvalListener
 
-    def __init__(self, console: Console):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    def on_skip(error: InputFileError) -> None:
+        view.say(f"skipping {escape(str(error))}")
 
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            console=console,
-            transient=True,
-        )
-        self.task = self.bar.add_task("starting", total=None)
-        self.console = console
+    def on_stage(text: str, total: int) -> None:
+        view.stage(text, total or None)
 
-    def __enter__(self) -> _Progress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.bar.stop()
-
-    def listener(self) -> EvalListener:
-        from ucl_cli.evaluation import EvalListener
-
-        def on_stage(text: str, total: int) -> None:
-            self.bar.reset(self.task, total=total or None, description=escape(text))
-
-        def on_advance(steps: int) -> None:
-            self.bar.advance(self.task, steps)
-
-        def on_skip(error: InputFileError) -> None:
-            self.console.print(f"[yellow]ucl:[/] skipping {escape(str(error))}", soft_wrap=True)
-
-        return EvalListener(on_skip=on_skip, on_stage=on_stage, on_advance=on_advance)
+    return EvalListener(on_skip=on_skip, on_stage=on_stage, on_advance=view.advance)

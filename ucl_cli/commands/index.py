@@ -14,24 +14,20 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from ucl_cli.commands._help import UclCommand, examples
+from ucl_cli.commands._shared import (
+    DEVICE,
+    IMAGE_TEXT_MODEL,
+    IMAGE_TEXT_WEIGHTS,
+    TEXT_AUDIO_MODEL,
+    TEXT_AUDIO_WEIGHTS,
+)
 from ucl_cli.errors import UsageError
 
 if TYPE_CHECKING:
     from ucl_cli.bank import BankItem, CorpusOptions, IndexReport
-    from ucl_cli.errors import InputFileError
-
-# Skipped inputs are named one by one up to this many; the rest are only counted.
-SHOWN_SKIPS = 10
+    from ucl_cli.commands._progress import IndexProgress
 
 
 class Modality(str, Enum):
@@ -42,47 +38,66 @@ class Modality(str, Enum):
     AUDIO = "audio"
 
 
+EXAMPLES = examples(
+    ("ucl index captions.txt", "one text a line, into the bank named default"),
+    ("ucl index --bank audiocaps captions.csv --column caption", "a CSV column, into audiocaps"),
+    ("ucl index --modality image photos/ --bank photos", "a folder of images as the rows"),
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("index")(index)
+    app.command("index", cls=UclCommand, epilog=EXAMPLES)(index)
 
 
 def index(
     sources: list[str] = typer.Argument(
         ...,
         help="Corpus files (text; '-' reads standard input), or image/audio files and folders.",
+        metavar="SOURCE...",
         show_default=False,
     ),
     modality: Modality = typer.Option(
-        Modality.TEXT, "--modality", "-m", help="What the bank's rows are: texts, images or audio."
+        Modality.TEXT,
+        "--modality",
+        metavar="text|image|audio",
+        help="What the bank's rows are: texts, images or audio.",
     ),
-    bank: str = typer.Option(
-        "default", "--bank", "-b", help="Bank name (under the banks directory) or a directory."
-    ),
-    image_text_model: str | None = typer.Option(
+    bank: str | None = typer.Option(
         None,
-        "--image-text-model",
-        help="Image-text model key (default: the bank's models, else the registry default).",
+        "--bank",
+        "-b",
+        metavar="NAME",
+        help="Bank to write: a name under the banks directory, or a directory (default: "
+        "UCL_BANK, else default, the bank `ucl query` and `ucl eval` read without --bank).",
         show_default=False,
     ),
-    text_audio_model: str | None = typer.Option(
-        None,
-        "--text-audio-model",
-        help="Text-audio model key (default: the bank's models, else the registry default).",
-        show_default=False,
+    image_text_model: str | None = IMAGE_TEXT_MODEL,
+    text_audio_model: str | None = TEXT_AUDIO_MODEL,
+    image_text_weights: Path | None = IMAGE_TEXT_WEIGHTS,
+    text_audio_weights: Path | None = TEXT_AUDIO_WEIGHTS,
+    device: str = DEVICE,
+    batch_size: int = typer.Option(
+        64, "--batch-size", min=1, metavar="N", help="Items embedded per batch."
     ),
-    device: str = typer.Option("auto", help="auto, cpu, cuda or cuda:N."),
-    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Items embedded per batch."),
     corpus_format: str = typer.Option(
-        "auto", "--format", help="Corpus format: auto (from the extension), lines, csv, tsv, jsonl."
+        "auto",
+        "--format",
+        metavar="auto|lines|csv|tsv|jsonl",
+        help="Corpus format (auto: from the extension).",
     ),
-    column: str | None = typer.Option(None, help="CSV/TSV column holding the text."),
-    field: str | None = typer.Option(None, help="JSON lines field holding the text."),
+    column: str | None = typer.Option(
+        None, metavar="NAME", help="CSV/TSV column holding the text.", show_default=False
+    ),
+    field: str | None = typer.Option(
+        None, metavar="NAME", help="JSON lines field holding the text.", show_default=False
+    ),
     strict: bool = typer.Option(
         False, "--strict", help="Stop at the first unreadable line or file instead of skipping it."
     ),
     faiss_index: str | None = typer.Option(
         None,
         "--faiss-index",
+        metavar="FACTORY",
         help="FAISS index_factory string, e.g. Flat, HNSW32, IVF4096,Flat (default: the bank's, "
         "or auto: Flat up to 100k rows, IVF beyond).",
         show_default=False,
@@ -92,17 +107,25 @@ def index(
     ),
 ) -> None:
     """Embed texts (or files) with both models into a bank; only new items are embedded."""
-    from ucl_cli.bank import CorpusOptions, IndexOptions, index_items, resolve_bank
+    from ucl_cli.bank import CorpusOptions, IndexOptions, index_items
+    from ucl_cli.bank.catalog import choose_bank
+    from ucl_cli.bank.corpus import ContextFit
+    from ucl_cli.commands._progress import IndexProgress, ProgressView
     from ucl_cli.commands._shared import load_encoders, model_keys
     from ucl_cli.config import resolve_device
 
-    bank_dir = resolve_bank(bank)
+    choice = choose_bank(bank, writing=True)  # --bank, else UCL_BANK, else default
+    bank_dir, bank = choice.path, bank or choice.name
     console = Console(stderr=True, highlight=False)
-    view = _ProgressView(console)
+    view = IndexProgress(ProgressView(console), modality.value)
     corpus = CorpusOptions(format=corpus_format, column=column, field=field, strict=strict)
     items, total = _items(sources, modality, corpus, view)
     keys = model_keys(bank_dir, image_text_model, text_audio_model)
-    encoders = load_encoders(keys, resolve_device(device), console)
+    weights = [image_text_weights, text_audio_weights]
+    encoders = load_encoders(keys, resolve_device(device), console, weights)
+    fit = ContextFit(encoders)  # texts past a text tower's context: cut to whole words, marked
+    if modality is Modality.TEXT:
+        items = fit.apply(items)
     options = IndexOptions(
         modality=modality.value,
         batch_size=batch_size,
@@ -111,7 +134,8 @@ def index(
         strict=strict,
     )
     try:
-        with view.running(total):
+        with view.view:
+            view.start(total)
             report = index_items(bank_dir, encoders, items, options, view)
     except BaseException:
         if view.saving is not None:
@@ -121,6 +145,8 @@ def index(
                 soft_wrap=True,
             )
         raise
+    if (cut := fit.message()) is not None:
+        console.print(f"[yellow]ucl:[/] {escape(cut)}", soft_wrap=True)
     console.print(_summary(bank, modality, report, view), soft_wrap=True)
     if report.added or report.resumed:
         _save_index_scans(bank_dir)
@@ -136,7 +162,7 @@ def _save_index_scans(bank_dir: Path) -> None:
 
 
 def _items(
-    sources: Sequence[str], modality: Modality, options: CorpusOptions, view: _ProgressView
+    sources: Sequence[str], modality: Modality, options: CorpusOptions, view: IndexProgress
 ) -> tuple[Iterable[BankItem], int | None]:
     """The items to index and how many there are at most (for the progress bar)."""
     if modality is Modality.TEXT:
@@ -171,80 +197,25 @@ def _count(source: str) -> int | None:
         raise InputFileError(source, "no such file") from None
 
 
-def _summary(bank: str, modality: Modality, report: IndexReport, view: _ProgressView) -> str:
-    skipped = [f"{report.duplicates:,} duplicates"]
+def _summary(bank: str, modality: Modality, report: IndexReport, view: IndexProgress) -> str:
+    """"bank captions: added 2 items, skipped 3 already in the bank and 1 repeated line; 5 items
+    in total (0.4 s)": what happened to every input, in words."""
+    from ucl_cli.commands._shared import plural
+
+    unit = "line" if modality is Modality.TEXT else "file"
+    skipped = []
+    if report.duplicates - report.repeated:
+        skipped.append(f"{report.duplicates - report.repeated:,} already in the bank")
+    if report.repeated:
+        skipped.append(plural(report.repeated, f"repeated {unit}"))
     if view.skips:
-        unit = "lines" if modality is Modality.TEXT else "files"
-        skipped.append(f"{view.skips:,} unreadable {unit}")
+        skipped.append(plural(view.skips, f"unreadable {unit}"))
+    said = ""
+    if skipped:
+        listed = " and ".join([", ".join(skipped[:-1]), skipped[-1]] if skipped[:-1] else skipped)
+        said = f", skipped {listed}"
     resumed = f", kept {report.resumed:,} rows from an interrupted run" if report.resumed else ""
     return (
-        f"bank {escape(bank)}: added {report.added:,} items{resumed}, skipped "
-        f"{' and '.join(skipped)}; {report.total:,} items in total ({report.seconds:.1f} s)"
+        f"bank {escape(bank)}: added {plural(report.added, 'item')}{resumed}{said}; "
+        f"{plural(report.total, 'item')} in total ({report.seconds:.1f} s)"
     )
-
-
-class _ProgressView:
-    """Draws `index_items`'s progress on stderr and names the first few skipped inputs."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.bar: Progress | None = None
-        self.task = None
-        self.skips = 0
-        self.line_skips = 0
-        self.saving: int | None = None  # rows in the bank being published, if any
-
-    def running(self, total: int | None) -> Progress:
-        self.bar = Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        self.task = self.bar.add_task("embedding", total=total)
-        return self.bar
-
-    # IndexListener -----------------------------------------------------------------------
-
-    def waiting(self, holder: str) -> None:
-        self._say(f"waiting for {holder}, which is writing this bank")
-
-    def resumed(self, rows: int) -> None:
-        self._say(f"resuming: {rows:,} rows embedded by an interrupted run are kept")
-
-    def progress(self, report: IndexReport) -> None:
-        if self.bar is not None:
-            done = report.added + report.duplicates + report.skipped + self.line_skips
-            self.bar.update(self.task, completed=done)
-
-    def skipped(self, name: str, reason: str) -> None:
-        self._skip(name, reason)
-
-    def publishing(self, rows: int) -> None:
-        self.saving = rows
-        if self.bar is not None:
-            self.bar.update(self.task, description=f"saving {rows:,} rows")
-
-    # corpus and media callbacks ----------------------------------------------------------
-
-    def skipped_line(self, where: str, reason: str) -> None:
-        self.line_skips += 1
-        self._skip(where, reason)
-
-    def skipped_file(self, error: InputFileError) -> None:
-        self._skip(error.path, error.reason)
-
-    def _skip(self, name: str, reason: str) -> None:
-        self.skips += 1
-        if self.skips <= SHOWN_SKIPS:
-            self._say(f"skipping {escape(str(name))}: {escape(reason)}")
-        elif self.skips == SHOWN_SKIPS + 1:
-            self._say("(further skipped inputs are only counted)")
-
-    def _say(self, message: str) -> None:
-        console = self.bar.console if self.bar is not None else self.console
-        console.print(f"[yellow]ucl:[/] {message}", highlight=False, soft_wrap=True)

@@ -1,65 +1,166 @@
 """`ucl query`: rank candidates for each query through a bridge bank; results on stdout.
 
 Progress and warnings go to stderr, so `ucl query img.jpg --candidates sounds/ --format paths |
-xargs ...` sees only results. The scoring lives in `ucl_cli.bridge.search`; this file parses
-options, loads models and formats.
+xargs ...` sees only results. Every named file is checked (by its header) before a model is
+loaded, so a typo fails at once. The scoring lives in `ucl_cli.bridge`; this file parses options,
+loads models and formats.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ucl_cli.commands._help import UclCommand, examples
 from ucl_cli.commands._shared import (
     ALLOW_OTHER_WEIGHTS,
     BANK,
     BATCH_SIZE,
     DEVICE,
     IMAGE_TEXT_MODEL,
+    IMAGE_TEXT_WEIGHTS,
     NO_CACHE,
     TEXT_AUDIO_MODEL,
+    TEXT_AUDIO_WEIGHTS,
     TOPK_K,
     TOPK_K_MAX,
+    bank_rows,
+    plural,
 )
-from ucl_cli.errors import UsageError
+from ucl_cli.errors import InputFileError, UsageError
+
+if TYPE_CHECKING:
+    from ucl_cli.media.collect import QueryInputs
 
 METHOD_HELP = (
     "lse: exact Monte Carlo bridge score (default); topk: certified top-K approximation through "
     "the FAISS indexes; direct: cosine, only for one shared model; caption: nearest bank text, "
     "then candidates against it."
 )
+CANDIDATE_FLAGS = ("--candidates", "-c")
+# `ucl_cli.bridge.METHODS` and `ucl_cli.output.FORMATS`, named here so that a usage error comes
+# before torch is imported (a test holds them equal).
+METHOD_NAMES = ("lse", "topk", "direct", "caption")
+FORMAT_NAMES = ("table", "jsonl", "tsv", "paths")
+# Candidate-skip lines named one by one; the rest are only counted in the summary.
+SHOWN_SKIPS = 10
+
+EXAMPLES = examples(
+    ("ucl query photo.jpg --candidates sounds/", "audio clips for a photo"),
+    ("ucl query clip.wav --candidates photos/ --bank captions --top 3", "photos for a sound"),
+    ("ucl query a.png b.png --candidates x.wav y.wav z.wav", "two queries, three candidates"),
+    ("find photos -name '*.jpg' | ucl query - -c sounds/ -n 1", "query paths from stdin"),
+)
+
+
+class QueryCommand(UclCommand):
+    """`--candidates A B C` takes every path up to the next option, as argparse's nargs='+' does;
+    a query path after the candidates would be swallowed, so it must come first or after `--`."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        spread, took_several = spread_candidates(args)
+        if took_several and not _names_a_query(self, ctx, spread):
+            raise UsageError(
+                "no query path: every path after --candidates is a candidate; put the queries "
+                "first (ucl query photo.jpg --candidates a.wav b.wav) or end the candidates "
+                "with `--` (ucl query --candidates a.wav b.wav -- photo.jpg)"
+            )
+        return super().parse_args(ctx, spread)
+
+
+def spread_candidates(args: list[str]) -> tuple[list[str], bool]:
+    """`--candidates A B C` as `--candidates A --candidates B --candidates C`: after the flag's own
+    value, every token up to the next option, `--` or `-` (stdin) is a candidate too. Returns the
+    new arguments and whether any flag took more than one path."""
+    out: list[str] = []
+    took_several = False
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token == "--":
+            out.extend(args[i:])
+            break
+        out.append(token)
+        i += 1
+        if token in CANDIDATE_FLAGS:
+            if i < len(args):  # the flag's own value (a missing one is click's error to tell)
+                out.append(args[i])
+                i += 1
+        elif not (token.startswith("--candidates=") or _short_with_value(token)):
+            continue
+        while i < len(args) and not args[i].startswith("-"):
+            out.extend(("--candidates", args[i]))
+            took_several = True
+            i += 1
+    return out, took_several
+
+
+def _short_with_value(token: str) -> bool:
+    """`-cPATH`: the short flag with its value attached."""
+    return token.startswith("-c") and not token.startswith("--") and len(token) > 2
+
+
+def _names_a_query(command: UclCommand, ctx: Any, args: list[str]) -> bool:
+    """Whether the query argument gets a value (or help was asked for), by click's own parser."""
+    if any(arg in ("--help", "-h") for arg in args[: _end_of_options(args)]):
+        return True
+    try:
+        values, _, _ = command.make_parser(ctx).parse_args(args=list(args))
+    except Exception:  # a malformed line: the real parse reports it
+        return True
+    return bool(values.get("queries"))
+
+
+def _end_of_options(args: list[str]) -> int:
+    return args.index("--") if "--" in args else len(args)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("query")(query)
+    app.command("query", cls=QueryCommand, epilog=EXAMPLES)(query)
 
 
 def query(
     queries: list[str] = typer.Argument(
-        ..., help="Query image or audio files ('-' reads paths from stdin).", show_default=False
+        ...,
+        help="Query image or audio files ('-' reads paths from stdin, one a line).",
+        metavar="QUERY...",
+        show_default=False,
     ),
     candidates: list[str] = typer.Option(
         ...,
         "--candidates",
         "-c",
-        help="Candidate files or folders (searched recursively). Repeatable.",
+        help="Candidate files or folders (searched recursively): every path up to the next "
+        "option; repeatable. Put the queries first, or end the candidates with `--`.",
+        metavar="PATH...",
         show_default=False,
     ),
     bank: str | None = BANK,
-    top: int = typer.Option(10, "--top", "-n", min=0, help="Results per query (0: all)."),
-    method: str = typer.Option("lse", "--method", "-m", help=METHOD_HELP),
+    top: int = typer.Option(
+        10, "--top", "-n", min=0, metavar="N", help="Results per query (0: all)."
+    ),
+    method: str = typer.Option(
+        "lse", "--method", "-m", metavar="lse|topk|direct|caption", help=METHOD_HELP
+    ),
     output_format: str | None = typer.Option(
         None,
         "--format",
         "-f",
-        help="table, jsonl, tsv or paths (default: table on a terminal, jsonl otherwise).",
+        metavar="table|jsonl|tsv|paths",
+        help="Output format (default: table on a terminal, jsonl otherwise).",
         show_default=False,
     ),
     explain: int = typer.Option(
-        0, "--explain", min=0, help="Show the N bank items that carried each score, and the ESS."
+        0,
+        "--explain",
+        min=0,
+        metavar="N",
+        help="Show the N bank items that carried each score, and the ESS.",
     ),
     k: int = TOPK_K,
     k_max: int = TOPK_K_MAX,
@@ -68,33 +169,68 @@ def query(
     ),
     image_text_model: str | None = IMAGE_TEXT_MODEL,
     text_audio_model: str | None = TEXT_AUDIO_MODEL,
+    image_text_weights: Path | None = IMAGE_TEXT_WEIGHTS,
+    text_audio_weights: Path | None = TEXT_AUDIO_WEIGHTS,
     device: str = DEVICE,
     batch_size: int | None = BATCH_SIZE,
     strict: bool = typer.Option(
-        False, "--strict", help="Fail at the first unreadable candidate instead of skipping it."
+        False,
+        "--strict",
+        help="Stop at the first unreadable query or candidate instead of skipping it.",
     ),
     no_cache: bool = NO_CACHE,
     allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
 ) -> None:
-    """Rank candidates (audio for an image, images for audio) through a bank of bridge texts."""
-    from ucl_cli.bridge import METHODS, QueryOptions, SearchListener, search
-    from ucl_cli.cache import open_cache
-    from ucl_cli.commands._shared import existing_bank, load_encoders, model_keys, open_bank
-    from ucl_cli.config import resolve_device
-    from ucl_cli.output import FORMATS, default_format, write_results
+    """Rank candidates (audio for an image, images for audio) through a bank of bridge texts.
 
-    if method not in METHODS:
-        raise UsageError(f"unknown --method {method!r}; choose one of: {', '.join(METHODS)}")
-    fmt = output_format or default_format()
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}; choose one of: {', '.join(FORMATS)}")
-    query_paths = _expand_stdin(queries)
+    Unreadable queries and candidates are skipped with one line each on stderr; the exit status
+    is 1 when a query could not be read (after the other queries' results).
+    """
+    from ucl_cli.media.collect import collect_query_inputs
+
+    if method not in METHOD_NAMES:
+        raise UsageError(f"unknown --method {method!r}; choose one of: {', '.join(METHOD_NAMES)}")
+    if output_format is not None and output_format not in FORMAT_NAMES:
+        choices = ", ".join(FORMAT_NAMES)
+        raise UsageError(f"unknown --format {output_format!r}; choose one of: {choices}")
     console = Console(stderr=True, highlight=False)
+    skipped: list[InputFileError] = []
+
+    def on_skip(error: InputFileError) -> None:
+        skipped.append(error)
+        if len(skipped) <= SHOWN_SKIPS:
+            console.print(f"[yellow]ucl:[/] skipping {escape(str(error))}", soft_wrap=True)
+
+    def on_query_skip(error: InputFileError) -> None:
+        console.print(f"[yellow]ucl:[/] skipping query {escape(str(error))}", soft_wrap=True)
+
+    # Every named file is checked, and the bank found, before torch or a model is loaded.
+    inputs = collect_query_inputs(
+        _expand_stdin(queries),
+        candidates,
+        strict=strict,
+        on_query_skip=on_query_skip,
+        on_skip=on_skip,
+    )
+    _same_modality_notice(inputs, console)
+
+    from ucl_cli.bank.catalog import choose_bank
+    from ucl_cli.commands._shared import announce_bank
+
+    choice = choose_bank(bank)
+    announce_bank(choice, console)
+
+    from ucl_cli.bridge import QueryOptions, SearchListener
+    from ucl_cli.bridge.pipeline import search_inputs
+    from ucl_cli.cache import open_cache
+    from ucl_cli.commands._shared import load_encoders, model_keys, open_bank
+    from ucl_cli.config import resolve_device
+    from ucl_cli.output import default_format, write_results
+
     resolved = resolve_device(device)
-    bank_dir = None if bank is None else existing_bank(bank)
-    keys = model_keys(bank_dir, image_text_model, text_audio_model)
-    encoders = load_encoders(keys, resolved, console)
-    opened = open_bank(bank_dir, encoders, console, allow_other_weights=allow_other_weights)
+    keys = model_keys(choice.path, image_text_model, text_audio_model)
+    encoders = load_encoders(keys, resolved, console, [image_text_weights, text_audio_weights])
+    opened = open_bank(choice.path, encoders, console, allow_other_weights=allow_other_weights)
     options = QueryOptions(
         method=method,
         top=top or None,
@@ -106,12 +242,6 @@ def query(
         topk_start=k,
         topk_max=max(k, k_max),
     )
-    skipped = []
-
-    def on_skip(error) -> None:
-        skipped.append(error)
-        if len(skipped) <= 10:
-            console.print(f"[yellow]ucl:[/] skipping {escape(str(error))}", soft_wrap=True)
 
     def on_cache_warning(text: str) -> None:
         console.print(f"[yellow]ucl:[/] {escape(text)}", soft_wrap=True)
@@ -122,27 +252,48 @@ def query(
         console.status("scoring") as status,
     ):
         listener = SearchListener(
-            on_skip=on_skip, on_stage=lambda text, _total: status.update(escape(text))
+            on_skip=on_skip,
+            on_query_skip=on_query_skip,
+            on_stage=lambda text, _total: status.update(escape(text)),
         )
-        report = search(
-            query_paths,
-            candidates,
-            encoders=encoders,
-            bank=opened,
-            options=options,
-            cache=cache,
-            listener=listener,
+        report = search_inputs(
+            inputs, encoders=encoders, bank=opened, options=options, cache=cache, listener=listener
         )
-    write_results(report.results, fmt)
+    write_results(report.results, output_format or default_format())
     summary = (
-        f"ranked {report.candidates:,} candidates for {len(report.results):,} "
-        f"{'query' if len(report.results) == 1 else 'queries'} with {method} over bank "
-        f"{escape(opened.name)} ({len(opened):,} items); embedded {report.embedded:,} files, "
-        f"{report.cached:,} from the cache"
+        f"ranked {plural(report.candidates, 'candidate')} for "
+        f"{plural(len(report.results), 'query', 'queries')} with {method} over bank "
+        f"{escape(opened.name)} ({bank_rows(len(opened), opened.modality)}); embedded "
+        f"{plural(report.embedded, 'file')}, {report.cached:,} from the cache"
     )
     if report.skipped:
-        summary += f"; skipped {len(report.skipped):,} unreadable files"
+        summary += f"; skipped {plural(len(report.skipped), 'unreadable file')}"
+    if report.failed_queries:
+        failed = plural(len(report.failed_queries), "query", "queries")
+        summary += f"; {failed} could not be read"
     console.print(f"[dim]{summary}[/]", soft_wrap=True)
+    if report.failed_queries:
+        raise typer.Exit(1)
+
+
+def _same_modality_notice(inputs: QueryInputs, console: Console) -> None:
+    """Image candidates for an image query are ranked (through the bank, image to image), but
+    that is rarely what was meant: say so once."""
+    same = inputs.same_modality_queries()
+    if not same:
+        return
+    kind = inputs.candidate_modality.value
+    other = "audio" if kind == "image" else "image"
+    nouns = {"image": "images", "audio": "audio clips"}
+    queries = len(inputs.queries.files)
+    whom = f"{same:,} of the queries" if same < queries else "the queries"
+    if queries == 1:
+        whom = "the query"
+    console.print(
+        f"[yellow]ucl:[/] the candidates are {nouns[kind]}, like {whom}: ranked {kind} to {kind} "
+        f"through the bank (same modality; give {other} candidates for an {kind} query)",
+        soft_wrap=True,
+    )
 
 
 def _expand_stdin(queries: list[str]) -> list[str]:

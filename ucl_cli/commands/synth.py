@@ -10,12 +10,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
 from enum import Enum
 from pathlib import Path
 
 import typer
 from rich.console import Console
+
+from ucl_cli.commands._help import UclCommand, examples
+
+EXAMPLES = examples(
+    ("ucl synth", "quick preset: 1 seed"),
+    ("ucl synth --preset paper --out run.json --plot run.png", "10 seeds"),
+    ("ucl synth --preset paper --resume run.json --out run.json", "continue it"),
+)
 
 
 class Preset(str, Enum):
@@ -24,37 +31,42 @@ class Preset(str, Enum):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("synth")(synth)
+    app.command("synth", cls=UclCommand, epilog=EXAMPLES)(synth)
 
 
 def synth(
     preset: Preset = typer.Option(
         Preset.QUICK,
         "--preset",
-        help="quick: one seed, small data, banks to 10k (a minute or so). "
-        "paper: the full recipe, 10 seeds, banks to 100k.",
+        metavar="quick|paper",
+        help="quick: one seed, small data, banks to 10k (about 30 s on 2 cores). "
+        "paper: the full recipe, 10 seeds, banks to 100k (2 to 5 minutes per seed on 2 cores).",
     ),
     seeds: str | None = typer.Option(
         None,
         "--seeds",
+        metavar="SEEDS",
         help="Seeds to run, e.g. 0-9 or 0,3,7 (default: the preset's).",
         show_default=False,
     ),
     critics: list[str] | None = typer.Option(
         None,
         "--critic",
+        metavar="CRITIC",
         help="cosine, dot or neg_sq_l2; repeat or separate with commas (default: all three).",
         show_default=False,
     ),
     rho: float | None = typer.Option(
         None,
         "--rho",
+        metavar="RHO",
         help="Share of the A-C signal that bypasses B (0: assumption 1 holds).",
         show_default=False,
     ),
     bank_sizes: str | None = typer.Option(
         None,
         "--bank-sizes",
+        metavar="SIZES",
         help="Monte Carlo bank sizes of the table, e.g. 5000,100000 or 5k,100k "
         "(default: the preset's).",
         show_default=False,
@@ -62,6 +74,7 @@ def synth(
     out: Path | None = typer.Option(
         None,
         "--out",
+        metavar="FILE",
         help="Write every number (per seed, means, CIs, sweep, timing) as JSON.",
         dir_okay=False,
         show_default=False,
@@ -69,6 +82,7 @@ def synth(
     plot: Path | None = typer.Option(
         None,
         "--plot",
+        metavar="FILE",
         help="Draw bar charts with 95% confidence intervals (PNG, PDF or SVG).",
         dir_okay=False,
         show_default=False,
@@ -77,6 +91,7 @@ def synth(
         None,
         "--workers",
         min=1,
+        metavar="N",
         help="Worker processes, each on one thread (default: one per CPU core, at most one per "
         "task). Results do not depend on it.",
         show_default=False,
@@ -84,6 +99,7 @@ def synth(
     resume: Path | None = typer.Option(
         None,
         "--resume",
+        metavar="FILE",
         help="Reuse the finished tasks of an earlier (interrupted) run's --out file; the other "
         "options must match it, except --seeds.",
         exists=True,
@@ -97,6 +113,7 @@ def synth(
     three critics, the exact Gaussian references, and a bank-size sweep with effective sample
     sizes. The table goes to stdout, progress to stderr.
     """
+    from ucl_cli.commands._progress import ProgressView
     from ucl_cli.experiments.options import parse_seeds, parse_sizes, with_overrides
     from ucl_cli.experiments.options import preset as preset_options
     from ucl_cli.experiments.report_table import comparison_table, sweep_table, timing_text
@@ -119,9 +136,15 @@ def synth(
         if out is not None:
             _write_json(out, partial.to_json())
 
-    with _ProgressView(stderr) as view:
+    with ProgressView(stderr, counts=False) as view:
+        view.stage("starting workers")
+
+        def progress(event) -> None:  # a finished task gets a line in a log
+            line = event.message.endswith("done")
+            view.update(event.done, total=event.total, description=event.message, line=line)
+
         results = run_synthetic(
-            options, workers=workers, on_progress=view.update, on_task_done=save, resume=earlier
+            options, workers=workers, on_progress=progress, on_task_done=save, resume=earlier
         )
     record = results.to_json()
     if out is not None:
@@ -196,55 +219,3 @@ def _write_json(path: Path, record: dict) -> None:
         os.replace(temporary, path)
     except OSError as err:
         raise InputFileError(path, f"cannot write the results: {err.strerror or err}") from None
-
-
-class _ProgressView:
-    """Progress on stderr: a Rich bar on a terminal, else a plain line every so often (logs)."""
-
-    LINE_INTERVAL_S = 30.0
-
-    def __init__(self, console: Console):
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TaskProgressColumn,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.console = console
-        self.interactive = console.is_terminal
-        self.last_line = 0.0
-        self.progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not self.interactive,
-        )
-        self.task = self.progress.add_task("starting workers", total=None)
-
-    def __enter__(self) -> _ProgressView:
-        self.started = time.monotonic()
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.progress.stop()
-
-    def update(self, event) -> None:
-        self.progress.update(
-            self.task, completed=event.done, total=event.total, description=event.message
-        )
-        now = time.monotonic()
-        if not self.interactive and (
-            now - self.last_line >= self.LINE_INTERVAL_S or event.message.endswith("done")
-        ):
-            self.last_line = now
-            share = 100.0 * event.done / event.total if event.total else 0.0
-            self.console.print(
-                f"[{now - self.started:7.0f} s] {share:5.1f}%  {event.message}", markup=False
-            )

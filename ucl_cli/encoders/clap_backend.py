@@ -49,6 +49,8 @@ from ucl_cli.errors import ModelNotAvailableError
 
 PREFIX = "clap"
 TEXT_WIDTH = 768  # clap_module.model.CLAP hard-codes a 768-wide projection for its roberta tower
+# Texts embedded together, after sorting a batch by length (so that little padding is run).
+TEXT_GROUP = 16
 # Keys that old checkpoints hold as buffers and newer transformers no longer save.
 _STALE_TEXT_BUFFERS = (
     "text_branch.embeddings.position_ids",
@@ -227,7 +229,8 @@ def resolve(key: str) -> ModelSpec | None:
 def build(spec: ModelSpec, files: ModelFiles, device: str) -> Encoder:
     if files.weights is None or files.weights.is_dir():
         raise ModelNotAvailableError(
-            f"{spec.key}: needs a checkpoint file; give one with {spec.key}@PATH or --weights PATH"
+            f"{spec.key}: needs a checkpoint file; give one with {spec.key}@PATH or "
+            "--text-audio-weights PATH"
         )
     fusion = bool(spec.options.get("fusion"))
     state = read_state_dict(files.weights)  # first: an unreadable or unsafe file fails fast
@@ -280,6 +283,7 @@ class ClapEncoder(Encoder):
         self.settings = settings
         self.weights_path = weights_path
         self.text_max_length = int(spec.preprocessing.get("text_max_length", 77))
+        self.text_context = self.text_max_length  # tokens, <s> and </s> included
         self.logit_scale = float(model.logit_scale_a.detach().exp().item())
 
     def _embed_batch(self, modality: Modality, batch: list[Any]) -> torch.Tensor:
@@ -287,16 +291,37 @@ class ClapEncoder(Encoder):
             return self._embed_text([str(text) for text in batch])
         return self._embed_audio(batch)
 
+    def text_token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes, <s> and </s> included: past `text_context` the tokenizer cuts
+        the text (so that a bank can say which of its texts were cut, and where)."""
+        ids = self.tokenizer([str(t) for t in texts], truncation=False, verbose=False)
+        return [len(row) for row in ids["input_ids"]]
+
     def _embed_text(self, texts: list[str]) -> torch.Tensor:
+        # laion_clap pads every text to text_max_length (77); here each group of TEXT_GROUP
+        # texts of similar length is padded to its longest: the attention mask hides padding
+        # from every real token and RoBERTa numbers positions from the real tokens, so the
+        # vectors are the same, and a short text costs its own few tokens, not 77.
         tokens = self.tokenizer(
             texts,
-            padding="max_length",
+            padding="longest",
             truncation=True,
             max_length=self.text_max_length,
             return_tensors="pt",
         )
-        inputs = {name: tokens[name].to(self.device) for name in ("input_ids", "attention_mask")}
-        return self.model.encode_text(inputs, device=self.device)
+        ids, mask = tokens["input_ids"], tokens["attention_mask"]
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        parts = []
+        for group in order.split(TEXT_GROUP):
+            width = int(lengths[group].max())
+            inputs = {
+                "input_ids": ids[group, :width].to(self.device),
+                "attention_mask": mask[group, :width].to(self.device),
+            }
+            parts.append(self.model.encode_text(inputs, device=self.device))
+        vectors = torch.cat(parts)
+        return vectors[torch.argsort(order)]
 
     def _embed_audio(self, clips: list[Any]) -> torch.Tensor:
         inputs = collate([prepare(clip, self.settings) for clip in clips])

@@ -79,7 +79,10 @@ class MissingModelFileError(ModelNotAvailableError):
             "cache here (or point HF_HOME / HF_HUB_CACHE at a copy)"
         )
         if weights is not None and weights in self.files:
-            how += f", or download {weights.filename} yourself and pass `--weights PATH`"
+            how += (
+                f", or download {weights.filename} yourself and pass it to `ucl index`, `query` "
+                f"or `eval` with {weights_flag(key)}"
+            )
         others = {
             repo: names
             for repo, names in by_repo.items()
@@ -178,8 +181,26 @@ def ensure_reachable() -> None:
         raise ModelNotAvailableError(
             f"cannot download: the model hub {url} is not reachable from this machine ({reason}); "
             "run the command on a machine with internet access and copy the cache "
-            f"({cache_dir()}), or pass `--weights PATH` with a file you downloaded"
+            f"({cache_dir()}), or pass a file you downloaded to `ucl index`, `query` or `eval` "
+            "with `--image-text-weights PATH` or `--text-audio-weights PATH`"
         ) from None
+
+
+def weights_flag(key: str) -> str:
+    """The flag of `ucl index`, `query` and `eval` that gives model `key` a local checkpoint, as
+    the messages that recommend it write it."""
+    from ucl_cli.encoders.registry import get_spec  # here: the registry imports this module
+    from ucl_cli.errors import UclError
+
+    try:
+        modalities = set(get_spec(key).modalities)
+    except UclError:
+        modalities = set()
+    if "image" in modalities and "audio" not in modalities:
+        return "`--image-text-weights PATH`"
+    if "audio" in modalities and "image" not in modalities:
+        return "`--text-audio-weights PATH`"
+    return "`--image-text-weights PATH` or `--text-audio-weights PATH`"
 
 
 def download(file: HubFile) -> Path | None:

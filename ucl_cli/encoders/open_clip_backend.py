@@ -46,6 +46,8 @@ _FOLDER_WEIGHTS = (
     "pytorch_model.bin",
 )
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Texts embedded together, after sorting a batch by length (so that little padding is run).
+TEXT_GROUP = 16
 
 
 def register(registry: Registry) -> None:
@@ -129,7 +131,7 @@ def _find_source(spec: ModelSpec, files: ModelFiles) -> _Source:
     if files.weights is None:
         raise ModelNotAvailableError(
             f"{spec.key}: no weights are known for this key; give a checkpoint with "
-            f"{spec.key}@PATH or --weights PATH"
+            f"{spec.key}@PATH or --image-text-weights PATH"
         )
     config_path = files.assets.get("model_config")
     weights = files.weights
@@ -292,6 +294,7 @@ class OpenClipEncoder(Encoder):
         self.device = device
         self.model = model
         self.tokenizer = tokenizer
+        self.text_context = int(pre["context_length"])  # tokens, start and end included
         self.weights_path = weights_path
         self.logit_scale = float(model.logit_scale.detach().exp().item())
         self.transform = open_clip.image_transform(
@@ -303,9 +306,62 @@ class OpenClipEncoder(Encoder):
             interpolation=pre["interpolation"],
         )
 
+    def text_token_counts(self, texts: list[str]) -> list[int]:
+        """Tokens each text takes, start and end included: past `text_context` the tokenizer
+        cuts the text (so that a bank can say which of its texts were cut, and where)."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        if isinstance(self.tokenizer, SimpleTokenizer):
+            return [len(self.tokenizer.encode(str(text))) + 2 for text in texts]
+        inner = self.tokenizer.tokenizer  # open_clip's HFTokenizer wraps a transformers one
+        return [len(ids) for ids in inner([str(t) for t in texts], verbose=False)["input_ids"]]
+
     def _embed_batch(self, modality: Modality, batch: list[Any]) -> torch.Tensor:
         if modality is Modality.TEXT:
-            tokens = self.tokenizer([str(text) for text in batch]).to(self.device)
-            return self.model.encode_text(tokens)
+            return self._embed_text([str(text) for text in batch])
         pixels = torch.stack([self.transform(image) for image in batch]).to(self.device)
         return self.model.encode_image(pixels)
+
+    def _embed_text(self, texts: list[str]) -> torch.Tensor:
+        """Groups of TEXT_GROUP texts of similar length, each without padding past its longest
+        (see `encode_text_unpadded`), back in the given order."""
+        tokens = self.tokenizer(texts).to(self.device)
+        order = torch.argsort(tokens.argmax(dim=-1), stable=True)  # end-of-text position
+        vectors = torch.cat(
+            [encode_text_unpadded(self.model, tokens[group]) for group in order.split(TEXT_GROUP)]
+        )
+        return vectors[torch.argsort(order)]
+
+
+def encode_text_unpadded(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """`model.encode_text(tokens)` without the padding after the batch's last end-of-text token.
+
+    open_clip pads every text to the full context (77 tokens) although most captions and labels
+    take a few; the padding is most of the text tower's time (AudioSet's labels: 6 on average).
+    Under the causal mask no position attends to a later one, so the pooled end-of-text token
+    (the highest id in each row) is the same when the tokens after it are left out: this
+    computes open_clip's `CLIP.encode_text` on the first L positions, with the positional
+    embedding and mask cut to L. Models of another shape (no causal mask, another pooling, a
+    separate text tower) get `model.encode_text` itself.
+    """
+    mask = getattr(model, "attn_mask", None)
+    if (
+        getattr(model, "text_pool_type", None) != "argmax"
+        or getattr(model, "positional_embedding", None) is None
+        or not isinstance(mask, torch.Tensor)
+        or tokens.ndim != 2
+        or tokens.shape[1] != mask.shape[0]
+    ):
+        return model.encode_text(tokens)
+    length = int(tokens.argmax(dim=-1).max().item()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is None:
+        return x
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection

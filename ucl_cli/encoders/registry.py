@@ -445,7 +445,16 @@ def load_encoder(
     encoder = build_encoder(spec, files, resolve_device(device))
     # The weight files' identity; a backend without files may state its own.
     encoder.weights_id = weights_id(files) or getattr(encoder, "weights_id", None)  # type: ignore[attr-defined]
+    # Random-weight stand-ins (scripts/make_test_models.py) say so, so commands can warn.
+    encoder.standin = bool(standin_files(files))  # type: ignore[attr-defined]
     return attach(encoder, spec, logit_scale)
+
+
+def standin_files(files: ModelFiles) -> list[Path]:
+    """The files of a model that carry the stand-in mark (headers only are read)."""
+    from ucl_cli.encoders.standins import marked_files
+
+    return marked_files(p for p in (files.weights, *files.assets.values()) if p is not None)
 
 
 def resolve_spec(key: str, weights: str | Path | None = None) -> ModelSpec:

@@ -8,6 +8,11 @@ The layout is the Hugging Face hub cache's (`HF_HOME=ROOT` or `HF_HUB_CACHE=ROOT
     ROOT/hub/models--ORG--NAME/{blobs/SHA256, refs/main, snapshots/COMMIT/FILE -> blob}
 The commit id of every stand-in is STANDIN_COMMIT (all zeros), which no real commit has.
 
+Every stand-in carries a mark that survives copying the cache or the file alone: `ucl_standin` in
+the safetensors metadata and in the JSON configs, and STANDIN_NOTE inside the CLAP checkpoint's
+pickle. `marked_files` finds it by reading headers only, so `ucl doctor` and `load_encoder` can
+say "random weights: rankings are meaningless" without loading a model.
+
 Files written (as the real repositories name them):
 - laion/CLIP-ViT-B-32-laion2B-s34B-b79K: open_clip_model.safetensors, open_clip_config.json
   (open_clip's BPE vocabulary ships inside the open_clip package, so no tokenizer file is needed)
@@ -25,8 +30,10 @@ import hashlib
 import json
 import math
 import os
+import struct
 import tempfile
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +54,10 @@ STANDIN_COMMIT = "0" * 40
 STANDIN_NOTE = (
     "RANDOM WEIGHTS: a stand-in written by ucl (scripts/make_test_models.py), not the real model"
 )
+STANDIN_KEY = "ucl_standin"  # the mark in JSON configs and safetensors metadata
+# Headers larger than this are not a stand-in's (and are not read): real configs are kilobytes,
+# a safetensors header or a checkpoint's pickle at most a few megabytes.
+_HEADER_LIMIT = 64 << 20
 # Logit scales stored in the stand-ins (the real models' are read from their own weights).
 CLIP_LOGIT_SCALE = 100.0
 CLAP_LOGIT_SCALE = 33.0
@@ -137,6 +148,67 @@ def _write_json(data: dict) -> Callable[[Path], None]:
     return lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+# --- telling a stand-in from the real model ---------------------------------------------------
+
+
+def marked_files(paths: Iterable[Path]) -> list[Path]:
+    """Those of `paths` (files, or folders of weights) that carry the stand-in mark."""
+    found = []
+    for path in paths:
+        members = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        if any(_is_marked(member) for member in members):
+            found.append(path)
+    return found
+
+
+def standin_warning(keys: Sequence[str]) -> str:
+    """The one line every command prints when it meets stand-ins (the CLI adds `ucl: `)."""
+    names = " and ".join(keys)
+    verb = "is a stand-in" if len(keys) == 1 else "are stand-ins"
+    return (
+        f"random weights: rankings are meaningless ({names} {verb} written by "
+        "make_test_models.py; `ucl models fetch` gets the real weights)"
+    )
+
+
+def _is_marked(path: Path) -> bool:
+    """Read only what holds the mark: a JSON file, a safetensors header, a checkpoint's pickle."""
+    try:
+        if path.suffix == ".json":
+            return path.stat().st_size < _HEADER_LIMIT and STANDIN_KEY in _json_object(
+                path.read_bytes()
+            )
+        if path.suffix == ".safetensors":
+            return STANDIN_KEY in _safetensors_metadata(path)
+        if zipfile.is_zipfile(path):  # torch.save's format since torch 1.6
+            return _pickle_holds(path, STANDIN_NOTE.encode("utf-8"))
+    except (OSError, ValueError, struct.error, zipfile.BadZipFile):  # not a stand-in's file
+        return False
+    return False
+
+
+def _json_object(data: bytes) -> dict:
+    value = json.loads(data)
+    return value if isinstance(value, dict) else {}
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    with open(path, "rb") as handle:
+        (size,) = struct.unpack("<Q", handle.read(8))
+        if size > _HEADER_LIMIT:
+            return {}
+        metadata = _json_object(handle.read(size)).get("__metadata__")
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _pickle_holds(path: Path, needle: bytes) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename.endswith("data.pkl") and info.file_size < _HEADER_LIMIT:
+                return needle in archive.read(info)
+    return False
+
+
 # --- CLIP --------------------------------------------------------------------------------------
 
 
@@ -167,7 +239,7 @@ def write_clip(
             "interpolation": pre["interpolation"],
             "resize_mode": pre["resize_mode"],
         },
-        "ucl_standin": STANDIN_NOTE,
+        STANDIN_KEY: STANDIN_NOTE,
     }
     hub = hub_folder(root)
     repo = spec.weights.repo
@@ -176,7 +248,7 @@ def write_clip(
             hub,
             repo,
             OPEN_CLIP_WEIGHTS,
-            lambda p: save_file(state, str(p), metadata={"ucl_standin": STANDIN_NOTE}),
+            lambda p: save_file(state, str(p), metadata={STANDIN_KEY: STANDIN_NOTE}),
         ),
         write_hub_file(hub, repo, OPEN_CLIP_CONFIG, _write_json(config)),
     ]
@@ -205,7 +277,7 @@ def roberta_config(vocab_size: int, small: bool) -> dict:
     config = dict(_ROBERTA_BASE)
     if small:
         config.update(_SMALL_ROBERTA, vocab_size=vocab_size)
-    config["ucl_standin"] = STANDIN_NOTE
+    config[STANDIN_KEY] = STANDIN_NOTE
     return config
 
 

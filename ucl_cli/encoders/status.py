@@ -1,7 +1,8 @@
 """What is installed and usable: package versions, the device, and the model files in the cache.
 
 Read-only and offline; `ucl models` and `ucl doctor` render these reports. Nothing here imports a
-model library (versions come from package metadata, CUDA from torch).
+model library (versions come from package metadata, CUDA from torch); stand-ins are told by the
+mark in their files' headers (`ucl_cli.encoders.standins`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ucl_cli.encoders.registry import (
     get_spec,
     list_models,
 )
+from ucl_cli.encoders.standins import marked_files
 
 # (label, distribution name) of the packages `ucl doctor` reports.
 PACKAGES = (
@@ -41,6 +43,7 @@ class ModelStatus:
     present: list[str]  # "repo/filename" of cached files
     missing: list[str]  # required files that are not cached
     backend_installed: bool
+    standin: bool = False  # it would load a random-weight stand-in (scripts/make_test_models.py)
 
     @property
     def usable(self) -> bool:
@@ -94,22 +97,31 @@ def device_status() -> DeviceStatus:
 
 def model_status(key: str) -> ModelStatus:
     spec = get_spec(key)
-    present, missing = [], []
+    present, missing, paths = [], [], []
     for status in file_status(spec):
         name = f"{status.file.repo}/{status.file.filename}"
-        if status.present:
+        if status.path is not None:
             present.append(name)
+            paths.append(status.path)
         elif not status.file.optional:
             missing.append(name)
     if spec.local_weights is not None:
         target = present if spec.local_weights.exists() else missing
         target.append(str(spec.local_weights))
+        if spec.local_weights.exists():
+            paths.append(spec.local_weights)
     installed = spec.backend in default_registry().backends
-    return ModelStatus(spec, key in DEFAULT_KEYS, present, missing, installed)
+    standin = not missing and bool(marked_files(paths))  # only a model that would load
+    return ModelStatus(spec, key in DEFAULT_KEYS, present, missing, installed, standin)
 
 
 def all_model_status() -> list[ModelStatus]:
     return [model_status(key) for key in list_models()]
+
+
+def standin_keys(statuses: list[ModelStatus]) -> list[str]:
+    """Keys of the models whose cached files are random-weight stand-ins."""
+    return [status.spec.key for status in statuses if status.standin]
 
 
 def hub_cache() -> Path:

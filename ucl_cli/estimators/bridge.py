@@ -1,4 +1,4 @@
-"""The exact bridge score of PAPER.md, Lemma 1, and its sharded form.
+"""The exact bridge score (Lemma 1, docs/METHOD.md#the-estimator) and its sharded form.
 
     score[n, k] = logsumexp_m( left[n, m] + right[m, k] ) - log M
 

@@ -1,7 +1,7 @@
 """Critics: the scaled similarity f(x, y) a contrastive model was trained with.
 
 Shapes: x [N, D], y [M, D] -> [N, M]. `scale` is the model's trained logit scale s, so that
-exp(s * f) is (up to a constant) the density ratio p(b|a)/p(b) (PAPER.md, "Setting").
+exp(s * f) is (up to a constant) the density ratio p(b|a)/p(b) (docs/METHOD.md#the-setting).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def cosine(x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor
 
 
 def dot(x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """s * <x, y> on unnormalised embeddings; norms leak into the score (PAPER.md, Lemma 3)."""
+    """s * <x, y> on unnormalised embeddings; norms leak into the score
+    (docs/METHOD.md#when-direct-is-valid)."""
     return scale * (x @ y.T)
 
 

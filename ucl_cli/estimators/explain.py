@@ -3,7 +3,7 @@
 For a pair (n, k) the weights w_m = softmax_m(left[n, m] + right[m, k]) say how much each bank
 item contributed to the score; the effective sample size ESS = (sum w)^2 / sum w^2 = 1 / sum w^2
 says how many items did the work. An ESS near 1 means one bank item decided the match, so a
-larger or better-matched bank may change the answer (PAPER.md, Lemma 1).
+larger or better-matched bank may change the answer (docs/METHOD.md#how-large-a-bank-must-be).
 
 A pair with no finite path (every left[n, m] + right[m, k] is -inf, e.g. a masked candidate) has
 no weights: its top list is all index -1 with weight 0, and its ESS is 0 (no item did any work).

@@ -1,10 +1,10 @@
 """The leakage guard: bank texts that ARE a test item's caption.
 
-A bank that holds an evaluated clip's own caption hands the bridge the answer (PAPER.md: the
-original code leaked the true B into the bank), so recall would measure memory, not zero-shot
-transfer. A bank row leaks when its text equals a manifest caption after Unicode NFC, case
-folding and collapsing runs of white space. Leaked rows are reported, and left out of every
-bank size unless the user allows them.
+A bank that holds an evaluated clip's own caption hands the bridge the answer (the paper's original
+code leaked the true B into the bank; docs/METHOD.md#what-the-bank-should-look-like), so recall
+would measure memory, not zero-shot transfer. A bank row leaks when its text equals a manifest
+caption after Unicode NFC, case folding and collapsing runs of white space. Leaked rows are
+reported, and left out of every bank size unless the user allows them.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""What one `ucl eval` run measures: the paper's protocol by default (PAPER.md: 100 trials of
-25 candidates, recall@1/5/10), and how to vary it."""
+"""What one `ucl eval` run measures: the paper's protocol by default (100 trials of 25
+candidates, recall@1/5/10; docs/METHOD.md#pretrained-models), and how to vary it."""
 
 from __future__ import annotations
 

@@ -4,11 +4,11 @@
           -> per method and bank size: one score matrix, read by every trial
           -> recall@k, mean rank, intervals -> EvalReport
 
-Recall@k is defined as in PAPER.md: T trials, each of K distinct items drawn at random; every
-item of a trial is a query once, ranking the trial's K candidate files (its own is the
-positive). A trial's recall@k is the mean over its K queries of P(rank of the positive <= k),
-ties broken fairly; the reported recall is the mean over the T trials (equivalently over the
-T * K queries), with a Student-t interval over the T trial values (see `intervals`).
+Recall@k is defined as in the paper (docs/METHOD.md#pretrained-models): T trials, each of K distinct
+items drawn at random; every item of a trial is a query once, ranking the trial's K candidate files
+(its own is the positive). A trial's recall@k is the mean over its K queries of P(rank of the
+positive <= k), ties broken fairly; the reported recall is the mean over the T trials (equivalently
+over the T * K queries), with a Student-t interval over the T trial values (see `intervals`).
 """
 
 from __future__ import annotations
@@ -156,8 +156,8 @@ def _runnable(
         if not options.force_direct:
             skipped["direct"] = (
                 f"{query_model.key} and {candidate_model.key} were trained separately, so the "
-                "cosine between their embeddings is meaningless (PAPER.md, Lemma 2); "
-                "--force-direct measures it anyway"
+                "cosine between their embeddings is meaningless (Che & Eysenbach, ICLR 2025, "
+                "Lemma 2); --force-direct measures it anyway"
             )
         elif query_model.dim != candidate_model.dim:
             raise UsageError(

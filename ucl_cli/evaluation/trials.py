@@ -2,7 +2,8 @@
 
 A trial is `candidates` distinct items drawn uniformly without replacement. Each item of the
 trial is a query once; the trial's candidates are the candidate-side files of the same items,
-and the positive of a query is its own item's file (PAPER.md: 100 trials of 25 candidates).
+and the positive of a query is its own item's file (the paper: 100 trials of 25 candidates;
+docs/METHOD.md#pretrained-models).
 
 Sub-banks are nested: one seeded permutation of the usable bank rows, cut at each size, so
 that the curve of recall against M changes only by the rows added between two sizes.

@@ -1,4 +1,5 @@
-"""The linear-Gaussian A <- B -> C world of the paper's synthetic experiments (PAPER.md).
+"""The linear-Gaussian A <- B -> C world of the paper's synthetic experiments
+(docs/METHOD.md#the-synthetic-evidence).
 
     B ~ N(mu_B, R_B^T R_B),  U ~ N(mu_U, R_U^T R_U) independent of B   (16 dims each)
     A = sqrt(1 - rho) M_A B + sqrt(rho) N_A U + eps_A                 (32 dims)

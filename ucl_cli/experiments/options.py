@@ -12,7 +12,8 @@ from ucl_cli.experiments.training import TrainingOptions
 
 @dataclass(frozen=True)
 class SynthOptions:
-    """The synthetic experiment; the defaults are the paper's recipe (PAPER.md).
+    """The synthetic experiment; the defaults are the paper's recipe
+    (docs/METHOD.md#the-synthetic-evidence).
 
     bank_sizes are the Monte Carlo columns of the main table; sweep_sizes the extra bank sizes of
     the bank-size sweep. Every size is a prefix of one bank of independent B samples, drawn

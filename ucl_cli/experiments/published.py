@@ -1,4 +1,5 @@
-"""The published numbers (the authors' corrected tables, PAPER.md) that a run is compared with.
+"""The published numbers (the authors' corrected tables; docs/METHOD.md#the-synthetic-evidence)
+that a run is compared with.
 
 A published value is a point or a range (the rho sweep reports ranges over critics); a run's
 difference from it is the distance to the range, 0 inside it. Cells are keyed by

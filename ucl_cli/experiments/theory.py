@@ -1,4 +1,5 @@
-"""Closed forms of the bridge integral under assumption 3 (PAPER.md, Lemmas 2 and 3).
+"""Closed forms of the bridge integral under assumption 3 (Lemmas 2 and 3;
+docs/METHOD.md#when-direct-is-valid).
 
 Both give E_b[ exp( f(x, b) + f(b, y) ) ] when b follows the assumed marginal of phi_B, for
 embeddings x = phi_A(a) and y = phi_C(c); up to the constant K1 K2 this is p(c|a)/p(c) (Lemma 1).

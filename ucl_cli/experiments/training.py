@@ -1,10 +1,10 @@
 """Symmetric InfoNCE training of every model family for one critic, batched into one network.
 
-Recipe (PAPER.md): Adam, lr 0.01 with a step decay (x0.1) at epoch 60 of 64, batches of 256 rows
-drawn without replacement from the full-batch tensors (no DataLoader), one learned logit scale per
-pair (initial 1), a model's loss being the mean of its pairs' losses. All randomness flows from
-explicit generators seeded by the experiment seed, so one seed always trains the same models,
-whichever critics or families run beside it.
+Recipe (docs/METHOD.md#the-synthetic-evidence): Adam, lr 0.01 with a step decay (x0.1) at epoch 60
+of 64, batches of 256 rows drawn without replacement from the full-batch tensors (no DataLoader),
+one learned logit scale per pair (initial 1), a model's loss being the mean of its pairs' losses.
+All randomness flows from explicit generators seeded by the experiment seed, so one seed always
+trains the same models, whichever critics or families run beside it.
 """
 
 from __future__ import annotations

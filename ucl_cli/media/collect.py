@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ucl_cli.errors import InputFileError
+from ucl_cli.errors import InputFileError, UclError, UsageError
 from ucl_cli.media.audio import AudioInfo, not_audio_reason, sniff_audio
 from ucl_cli.media.files import (
     AUDIO_EXTENSIONS,
@@ -140,6 +140,64 @@ def collect_media(
                 continue
             collection.files.append(MediaFile(candidate, found))
     return collection
+
+
+@dataclass(frozen=True)
+class QueryInputs:
+    """A query run's files, checked: queries and candidates that exist, are readable and are
+    images or audio by their headers (`skipped` of each holds the files left out, and why)."""
+
+    queries: MediaCollection
+    candidates: MediaCollection
+
+    @property
+    def candidate_modality(self) -> Modality:
+        return next(iter(self.candidates.modalities))
+
+    def same_modality_queries(self) -> int:
+        """Queries of the candidates' own modality: ranked through the bank all the same, but
+        not the cross-modal search a user usually means."""
+        return sum(1 for f in self.queries.files if f.modality == self.candidate_modality)
+
+
+def collect_query_inputs(
+    queries: Iterable[str | os.PathLike[str]],
+    candidates: Iterable[str | os.PathLike[str]],
+    *,
+    strict: bool = False,
+    on_query_skip: SkipCallback | None = None,
+    on_skip: SkipCallback | None = None,
+) -> QueryInputs:
+    """Check every named query and candidate by its header (nothing decoded, no model needed),
+    so that a missing or unreadable path is reported at once, before any model is loaded.
+
+    A bad query goes to `on_query_skip`, a bad candidate to `on_skip`, and both are left out
+    (`strict`: the first bad file raises). Raises the query's InputFileError when the only query
+    is bad, UclError when every query is, UsageError when no candidate is usable or the
+    candidates mix images and audio.
+    """
+    candidates = list(candidates)
+    found_queries = collect_media(queries, strict=strict)
+    failed = found_queries.skipped
+    if not found_queries.files and len(failed) == 1:
+        raise failed[0]
+    if not found_queries.files and not failed:
+        raise UsageError("no query files given")
+    for error in failed:
+        if on_query_skip is not None:
+            on_query_skip(error)
+    if not found_queries.files:
+        raise UclError(f"none of the {len(failed):,} query files could be read")
+    found = collect_media(candidates, strict=strict, on_skip=on_skip)
+    if not found.files:
+        where = ", ".join(str(c) for c in candidates)
+        raise UsageError(f"no usable candidate image or audio files in {where}")
+    if len(found.modalities) > 1:
+        raise UsageError(
+            "the candidates mix images and audio; pass one kind "
+            "(e.g. a folder of audio clips for an image query)"
+        )
+    return QueryInputs(found_queries, found)
 
 
 def media_extensions(modality: Modality | None = None) -> frozenset[str]:
