@@ -1,8 +1,9 @@
 """Progress of long steps (index, the first built-in bank, eval, synth) and what `ucl index` says
 when it is done, through the CLI.
 
-A pipe gets plain lines ("ucl: embedding 20/50 texts (40%), 9 s left"); a terminal gets a bar.
-The progress clock is replaced by one that moves 3 s per reading, so the lines are exact.
+A pipe gets plain lines ("ucl: embedding 40/100 texts (40%), 18 s left"); a terminal gets a bar.
+The progress clock is replaced by one that moves a few seconds per reading, so the lines are
+exact. A step prints nothing in its first 10 s.
 """
 
 from __future__ import annotations
@@ -41,11 +42,14 @@ def loaded(monkeypatch):
 
 @pytest.fixture
 def clock(monkeypatch):
-    """The progress view's clock: 0 s, 3 s, 6 s, ... one step per reading."""
+    """Set the progress view's clock: 0 s, step, 2 step, ... one step per reading."""
     from ucl_cli.commands._progress import ProgressView
 
-    ticks = itertools.count(0.0, 3.0)
-    monkeypatch.setattr(ProgressView, "clock", staticmethod(lambda: next(ticks)))
+    def use(step: float) -> None:
+        ticks = itertools.count(0.0, step)
+        monkeypatch.setattr(ProgressView, "clock", staticmethod(lambda: next(ticks)))
+
+    return use
 
 
 def ucl(*args: str):
@@ -71,24 +75,24 @@ def corpus(tmp_path: Path, texts: list[str], name: str = "corpus.txt") -> str:
 
 
 def test_index_in_a_pipe_prints_a_plain_line_per_tenth_with_the_time_left(tmp_path, loaded, clock):
-    texts = [f"line {i}" for i in range(50)]
+    clock(3.0)  # a batch of 10 texts takes 3 s
+    texts = [f"line {i}" for i in range(100)]
     result = ucl("index", corpus(tmp_path, texts), "-b", "b", "--batch-size", "10")
     assert result.exit_code == 0, result.output
-    assert lines(result, "ucl: embedding") == [
-        "ucl: embedding 10/50 texts (20%), 12 s left",
-        "ucl: embedding 20/50 texts (40%), 9 s left",
-        "ucl: embedding 30/50 texts (60%), 6 s left",
-        "ucl: embedding 40/50 texts (80%), 3 s left",
-        "ucl: embedding 50/50 texts (100%)",
+    assert lines(result, "ucl: embedding") == [  # nothing in the first 10 s
+        "ucl: embedding 40/100 texts (40%), 18 s left",
+        "ucl: embedding 50/100 texts (50%), 15 s left",
+        "ucl: embedding 60/100 texts (60%), 12 s left",
+        "ucl: embedding 70/100 texts (70%), 9 s left",
+        "ucl: embedding 80/100 texts (80%), 6 s left",
+        "ucl: embedding 90/100 texts (90%), 3 s left",
+        "ucl: embedding 100/100 texts (100%)",
     ]
     assert "\x1b[" not in result.stderr  # no control codes in a pipe
 
 
-def test_plain_lines_come_every_ten_seconds_when_a_tenth_takes_long(tmp_path, loaded, monkeypatch):
-    from ucl_cli.commands._progress import ProgressView
-
-    ticks = itertools.count(0.0, 4.0)  # 4 s per batch of 1 of 100 texts: a tenth is 40 s
-    monkeypatch.setattr(ProgressView, "clock", staticmethod(lambda: next(ticks)))
+def test_plain_lines_come_every_ten_seconds_when_a_tenth_takes_long(tmp_path, loaded, clock):
+    clock(4.0)  # 4 s per batch of 1 of 100 texts: a tenth is 40 s
     texts = [f"line {i}" for i in range(100)]
     result = ucl("index", corpus(tmp_path, texts), "-b", "b", "--batch-size", "1")
     assert result.exit_code == 0, result.output
@@ -117,6 +121,7 @@ def test_index_on_a_terminal_draws_a_bar_with_counts(tmp_path, loaded, monkeypat
 def test_the_first_builtin_bank_says_what_it_builds_and_shows_progress_once(
     plugin, tmp_path, clock
 ):
+    clock(3.0)  # a batch of 64 texts takes 3 s
     from PIL import Image
 
     image = tmp_path / "grey.png"
@@ -135,9 +140,10 @@ def test_the_first_builtin_bank_says_what_it_builds_and_shows_progress_once(
         f"texts, once; cached in {bank})" in said(first)
     )
     progress = lines(first, "ucl: embedding")
-    assert progress[0] == "ucl: embedding 128/1,054 texts (12%), 43 s left"
+    assert progress[0] == "ucl: embedding 256/1,054 texts (24%), 37 s left"  # from 10 s on
     assert progress[-1] == "ucl: embedding 1,054/1,054 texts (100%)"
-    assert len(progress) == 10  # one a tenth: a batch of 64 (3 s) is 6% of the bank
+    done = [int(line.split()[2].split("/")[0].replace(",", "")) for line in progress]
+    assert done == [64 * k for k in (4, 5, 7, 9, 10, 12, 14, 15)] + [1054]  # at each tenth
     second = ucl(*args)
     assert second.exit_code == 0, second.output
     assert "building" not in said(second) and not lines(second, "ucl: embedding")
@@ -145,6 +151,7 @@ def test_the_first_builtin_bank_says_what_it_builds_and_shows_progress_once(
 
 
 def test_eval_in_a_pipe_prints_each_stage(plugin, tmp_path, clock):
+    clock(11.0)  # every step takes 11 s
     from test_eval import concept_manifest
 
     texts = [f"concept {j}" for j in range(6)]
@@ -165,19 +172,20 @@ def test_eval_in_a_pipe_prints_each_stage(plugin, tmp_path, clock):
 def test_synth_in_a_pipe_prints_progress_and_each_finished_task(monkeypatch, clock):
     from ucl_cli.experiments import runner as synth_runner
 
+    clock(3.0)  # an epoch takes 3 s
+
     def run_synthetic(options, *, on_progress, **_):
-        for done, message in [(1, "seed 0 cosine: epoch 1/8"), (2, "seed 0 cosine: epoch 2/8")]:
-            on_progress(synth_runner.Progress(done, 10, message))
-        on_progress(synth_runner.Progress(2.5, 10, "seed 0 cosine: done"))
+        for epoch in range(1, 5):
+            on_progress(synth_runner.Progress(epoch, 10, f"seed 0 cosine: epoch {epoch}/8"))
+        on_progress(synth_runner.Progress(5, 10, "seed 0 cosine: done"))
         raise KeyboardInterrupt  # the tables need real results; the progress is what is tested
 
     monkeypatch.setattr(synth_runner, "run_synthetic", run_synthetic)
     result = ucl("synth", "--seeds", "0")
     assert result.exit_code == 130
     assert lines(result) == [
-        "ucl: seed 0 cosine: epoch 1/8 (10%), 27 s left",
-        "ucl: seed 0 cosine: epoch 2/8 (20%), 24 s left",
-        "ucl: seed 0 cosine: done (25%), 27 s left",
+        "ucl: seed 0 cosine: epoch 4/8 (40%), 18 s left",  # from 10 s on
+        "ucl: seed 0 cosine: done (50%), 15 s left",  # a finished task: always a line
         "ucl: interrupted",
     ]
 

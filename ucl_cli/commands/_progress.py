@@ -4,7 +4,8 @@ eval, synth). Not a command itself (modules whose names start with '_' are not r
 On a terminal it is a Rich bar with counts, elapsed time and time left, gone when the step
 ends. Anywhere else (a pipe, a log file, CI) a bar would be one line of control codes written at
 the end, so it prints a plain line instead, every INTERVAL_S seconds or another tenth of the work,
-whichever comes first: "ucl: embedding 300/1,054 texts (28%), 1 min 40 s left".
+whichever comes first, once a step has run INTERVAL_S seconds (a quick step says nothing):
+"ucl: embedding 300/1,054 texts (28%), 1 min 40 s left".
 
 The library reports progress through listener callbacks and never prints; the adapters here
 turn those callbacks into this view.
@@ -73,7 +74,7 @@ class ProgressView:
     `stage`, so a step that turns out to have nothing to do shows nothing.
     """
 
-    INTERVAL_S = 10.0  # a plain line at least this often while work is reported...
+    INTERVAL_S = 10.0  # from this long into a step, a plain line at least this often...
     MARKS = 10  # ...or whenever another tenth of the work is done,
     MIN_GAP_S = 1.0  # but never two within this long
     WINDOW_S = 60.0  # the time left comes from the speed over this last stretch
@@ -90,7 +91,7 @@ class ProgressView:
         self._bar: Progress | None = None
         self._task: TaskID | None = None
         self._samples: deque[tuple[float, float]] = deque()
-        self._last_line = 0.0
+        self._started = self._last_line = 0.0
         self._next_mark = 1  # in tenths (whole numbers: 3 * 0.1 > 0.3 in floating point)
 
     @property
@@ -118,7 +119,7 @@ class ProgressView:
         self.description, self.noun, self.total, self.done = description, noun, total, 0.0
         now = self.clock()
         self._samples = deque([(now, 0.0)])
-        self._last_line = now
+        self._started = self._last_line = now
         self._next_mark = 1
         if not (self.live and self._active):
             return
@@ -170,7 +171,8 @@ class ProgressView:
             self._line(now)
 
     def advance(self, steps: float = 1) -> None:
-        self.update(self.done + steps)
+        if steps:  # "0 more" (e.g. no cache hits) is no news
+            self.update(self.done + steps)
 
     def say(self, message: str, *, warning: bool = True) -> None:
         """One line above the bar: 'ucl: ...', in yellow for a warning. `message` is markup."""
@@ -190,9 +192,9 @@ class ProgressView:
         """The plain line (without 'ucl: '): 'embedding 300/1,054 texts (28%), 1 min 40 s left'."""
         parts = [self.description]
         if self.counts:
-            count = f"{int(self.done):,}" if self.total is None else (
-                f"{int(self.done):,}/{int(self.total):,}"
-            )
+            count = f"{int(self.done):,}"
+            if self.total is not None:
+                count += f"/{int(self.total):,}"
             parts.append(f"{count} {self.noun}".rstrip())
         text = " ".join(part for part in parts if part)
         if self.total:
@@ -203,6 +205,8 @@ class ProgressView:
         return text
 
     def _line_due(self, now: float) -> bool:
+        if now - self._started < self.INTERVAL_S:
+            return False
         since = now - self._last_line
         if since >= self.INTERVAL_S:
             return True
