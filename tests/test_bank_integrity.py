@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fakes import HashEncoder
-from test_query import image_to_audio, index_planted, jsonl, media_dir, run_query  # noqa: F401
+from test_query import image_to_audio, index_planted, jsonl, run_query
 from typer.testing import CliRunner
 
 import ucl_cli.digests as digests
@@ -205,7 +205,7 @@ def test_a_bank_of_other_weights_is_refused_naming_both(tmp_path):
 def test_query_refuses_a_bank_of_other_weights_unless_allowed(
     plugin,
     tmp_path,
-    media_dir,  # noqa: F811 (the fixture imported from test_query)
+    media_dir,
     monkeypatch,
 ):
     runner = CliRunner()
@@ -222,7 +222,7 @@ def test_query_refuses_a_bank_of_other_weights_unless_allowed(
     assert jsonl(allowed)[0]["candidate"].endswith("concept1.wav")
 
 
-def test_a_query_reading_a_damaged_bank_fails_in_one_line(plugin, tmp_path, media_dir):  # noqa: F811
+def test_a_query_reading_a_damaged_bank_fails_in_one_line(plugin, tmp_path, media_dir):
     runner = CliRunner()
     index_planted(runner, tmp_path / "corpus.txt", ["concept 0", "concept 1", "other"], "d")
     bank_dir = Path(os.environ["UCL_HOME"]) / "banks" / "d"
@@ -237,7 +237,7 @@ def test_a_query_reading_a_damaged_bank_fails_in_one_line(plugin, tmp_path, medi
 def test_a_bank_that_records_no_weights_is_used_with_a_warning(
     plugin,
     tmp_path,
-    media_dir,  # noqa: F811 (the fixture imported from test_query)
+    media_dir,
     monkeypatch,
 ):
     runner = CliRunner()

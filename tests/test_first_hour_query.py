@@ -16,10 +16,8 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import planted_backend as planted
 import pytest
-import soundfile as sf
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -30,19 +28,6 @@ IMAGE_TEXT, TEXT_AUDIO = "planted:image-text", "planted:text-audio"
 MODELS = ["--image-text-model", IMAGE_TEXT, "--text-audio-model", TEXT_AUDIO]
 BANK_TEXTS = [f"concept {j}" for j in range(planted.CONCEPTS)] + ["a distractor"]
 BUILTIN_TEXTS = 1_054
-
-
-@pytest.fixture
-def media_dir(tmp_path) -> Path:
-    """An image and an audio clip of each concept (files named by concept)."""
-    root = tmp_path / "media"
-    (root / "images").mkdir(parents=True)
-    (root / "audio").mkdir()
-    for j in range(planted.CONCEPTS):
-        Image.new("RGB", (16, 16), (10 * j,) * 3).save(root / "images" / f"concept{j}.png")
-        samples = np.full(planted.SAMPLE_RATE // 4, (j + 1) / 20, dtype=np.float32)
-        sf.write(root / "audio" / f"concept{j}.wav", samples, planted.SAMPLE_RATE, subtype="FLOAT")
-    return root
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import numpy as np
 import planted_backend as planted
 import pytest
 import soundfile as sf
-from PIL import Image
 from typer.testing import CliRunner
 
 from ucl_cli.cli import app
@@ -35,20 +34,6 @@ def expected_score(same_concept: bool) -> float:
     if same_concept:
         return math.log(math.exp(S1 + S2) + M - 1) - math.log(M)
     return math.log(math.exp(S1) + math.exp(S2) + M - 2) - math.log(M)
-
-
-@pytest.fixture
-def media_dir(tmp_path) -> Path:
-    """An image and an audio clip of each concept (files named by concept)."""
-    root = tmp_path / "media"
-    (root / "images").mkdir(parents=True)
-    (root / "audio").mkdir()
-    for j in range(planted.CONCEPTS):
-        Image.new("RGB", (16, 16), (10 * j,) * 3).save(root / "images" / f"concept{j}.png")
-    for j in range(planted.CONCEPTS):
-        samples = np.full(planted.SAMPLE_RATE // 4, (j + 1) / 20, dtype=np.float32)
-        sf.write(root / "audio" / f"concept{j}.wav", samples, planted.SAMPLE_RATE, subtype="FLOAT")
-    return root
 
 
 @pytest.fixture
