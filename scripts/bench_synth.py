@@ -58,8 +58,9 @@ def timing_summary(record: dict) -> dict:
 
 
 def command_run(args) -> dict:
-    from ucl_cli.experiments.options import parse_seeds, preset, with_overrides
+    from ucl_cli.experiments.options import preset, with_overrides
     from ucl_cli.experiments.runner import run_synthetic
+    from ucl_cli.parsing import parse_seeds
 
     options = with_overrides(preset("paper"), seeds=parse_seeds(args.seeds))
     load_before = os.getloadavg()

@@ -21,7 +21,7 @@ from ucl_cli.experiments.exact_references import true_ratios
 from ucl_cli.experiments.families import SHARED
 from ucl_cli.experiments.gaussian_data import joint_moments, random_world, sample_triplets
 from ucl_cli.experiments.infonce import symmetric_infonce
-from ucl_cli.experiments.options import SynthOptions, parse_seeds, parse_sizes
+from ucl_cli.experiments.options import SynthOptions
 from ucl_cli.experiments.published import Published, published_value
 from ucl_cli.experiments.results import load_results
 from ucl_cli.experiments.runner import Resume, run_synthetic
@@ -31,6 +31,7 @@ from ucl_cli.experiments.training import (
     _update_rounds,
     build_layout,
 )
+from ucl_cli.parsing import parse_seeds, parse_sizes
 
 # A run small enough for a unit test: two epochs of two batches, banks of a few hundred.
 TINY = SynthOptions(

@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ucl_cli import config
-from ucl_cli.digests import sha256_file
 from ucl_cli.errors import InputFileError, UclError
+from ucl_cli.files import sha256_file
 
 if TYPE_CHECKING:
     from ucl_cli.encoders.base import Encoder, Modality

@@ -12,7 +12,6 @@ damaged or unwritable one costs a re-read, never a wrong answer.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -20,25 +19,11 @@ import time
 from pathlib import Path
 
 from ucl_cli import config
+from ucl_cli.files import sha256_fd, sha256_file
 
-BLOCK_BYTES = 8 << 20
 # A digest is trusted only if the file's last change is this much older than the digest.
 RACY_WINDOW_NS = 2_000_000_000
 MEMO_NAME = "digests.json"
-
-
-def sha256_file(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return sha256_fd(handle.fileno())
-
-
-def sha256_fd(fd: int) -> str:
-    """Checksum of an open file from its start, without moving its offset."""
-    digest, offset = hashlib.sha256(), 0
-    while block := os.pread(fd, BLOCK_BYTES, offset):
-        digest.update(block)
-        offset += len(block)
-    return digest.hexdigest()
 
 
 def memoised_sha256(path: Path, *, fd: int | None = None, reread: bool = False) -> str:

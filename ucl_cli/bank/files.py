@@ -1,64 +1,20 @@
-"""Durable file primitives the bank is built from: atomic replace, fsync, checksums, .npy streams.
-
-A bank is only ever changed by writing new files next to the old ones and then atomically
-replacing one small file (the manifest), so a crash at any instant leaves either the old or the
-new state, never a mix. Everything here is about making that true on POSIX file systems.
+"""The bank's own file formats: float32 .npy streams written and read in bounded chunks, files
+checksummed as they are written, and file-name-safe model keys. (The general primitives, atomic
+replacement and hashes, are `ucl_cli.files`.)
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 
-from ucl_cli.digests import sha256_fd, sha256_file
-
-__all__ = ["sha256_fd", "sha256_file"]  # re-exported: the bank's files are checksummed with them
-
 # Rows copied or hashed per step: bounds the memory of every streaming pass (a few MiB).
 CHUNK_BYTES = 8 << 20
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink inside `path` durable (POSIX needs the directory synced too)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def temporary_path(path: Path) -> Path:
-    """A sibling name no other process uses, so concurrent writers never clobber each other."""
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    tmp = temporary_path(path)
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def atomic_write_json(path: Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode())
-
-
-def publish_file(tmp: Path, path: Path) -> None:
-    """Flush `tmp` to disk and move it to `path` (the caller syncs the directory afterwards)."""
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class HashingWriter:

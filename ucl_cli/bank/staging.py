@@ -22,9 +22,10 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ucl_cli.bank.files import atomic_write_json, iter_raw_rows, temporary_path
+from ucl_cli.bank.files import iter_raw_rows
 from ucl_cli.bank.items import BankItem, iter_items
 from ucl_cli.bank.manifest import ModelRecord
+from ucl_cli.files import atomic_write_json, temporary_path
 
 STAGING_DIR = ".staging"
 PROGRESS_NAME = "progress.json"

@@ -22,13 +22,8 @@ import numpy as np
 from ucl_cli import __version__
 from ucl_cli.bank.files import (
     HashingWriter,
-    atomic_write_json,
-    fsync_dir,
     iter_npy_rows,
-    publish_file,
-    sha256_file,
     slug,
-    temporary_path,
     write_npy_header,
 )
 from ucl_cli.bank.items import BankItem, KeySet, iter_item_lines, iter_items
@@ -47,6 +42,13 @@ from ucl_cli.bank.search_index import build_index, check_factory, choose_factory
 from ucl_cli.bank.staging import Staging, discard_staging
 from ucl_cli.digests import remember
 from ucl_cli.errors import BankError, UsageError
+from ucl_cli.files import (
+    atomic_write_json,
+    fsync_dir,
+    publish_file,
+    sha256_file,
+    temporary_path,
+)
 
 # Files a writer may leave behind; anything else in a bank directory is never touched.
 DATA_FILE = re.compile(

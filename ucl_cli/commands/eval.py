@@ -28,6 +28,7 @@ from ucl_cli.commands._shared import (
     TOPK_K,
     TOPK_K_MAX,
 )
+from ucl_cli.files import write_json_file
 
 if TYPE_CHECKING:
     from ucl_cli.commands._progress import ProgressView
@@ -137,20 +138,19 @@ def evaluate_command(
         EvalOptions,
         evaluate,
         parse_direction,
-        parse_list,
-        parse_sizes,
         read_pairs,
         results_table,
     )
+    from ucl_cli.parsing import parse_ints, parse_list, parse_sizes
 
     options = EvalOptions(
         trials=trials,
         candidates=candidates,
         seed=seed,
         methods=parse_list(methods),
-        bank_sizes=parse_sizes(bank_sizes) if bank_sizes else (),
+        bank_sizes=tuple(sorted(parse_sizes(bank_sizes))) if bank_sizes else (),
         direction=parse_direction(direction),
-        ks=_cutoffs(recall_at),
+        ks=tuple(sorted(parse_ints(recall_at, flag="--recall-at"))),
         allow_leak=allow_leak,
         force_direct=force_direct,
         strict=strict,
@@ -186,34 +186,13 @@ def evaluate_command(
         )
     record = report.to_json()
     if out is not None:
-        _write_json(out, record)
+        write_json_file(out, record, what="the report")
     if plot is not None:
         from ucl_cli.evaluation import plot_report
 
         plot_report(record, plot)
     Console(highlight=False, width=max(Console().width, 120)).print(results_table(record))
     _summary(stderr, record, out, plot)
-
-
-def _cutoffs(text: str) -> tuple[int, ...]:
-    from ucl_cli.errors import UsageError
-    from ucl_cli.evaluation import parse_list
-
-    try:
-        return tuple(sorted({int(part) for part in parse_list(text)}))
-    except ValueError:
-        raise UsageError(f"--recall-at takes whole numbers, e.g. 1,5,10; got {text!r}") from None
-
-
-def _write_json(path: Path, record: dict) -> None:
-    from ucl_cli.bank.files import atomic_write_json
-    from ucl_cli.errors import InputFileError
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(path, record)
-    except OSError as err:
-        raise InputFileError(path, f"cannot write the report: {err.strerror or err}") from None
 
 
 def _summary(console: Console, record: dict, out: Path | None, plot: Path | None) -> None:

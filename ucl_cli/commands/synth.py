@@ -8,8 +8,6 @@ imported inside the command so that `ucl --help` stays fast.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from enum import Enum
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import typer
 from rich.console import Console
 
 from ucl_cli.commands._help import UclCommand, examples
+from ucl_cli.files import write_json_file
 
 EXAMPLES = examples(
     ("ucl synth", "quick preset: 1 seed"),
@@ -114,10 +113,11 @@ def synth(
     sizes. The table goes to stdout, progress to stderr.
     """
     from ucl_cli.commands._progress import ProgressView
-    from ucl_cli.experiments.options import parse_seeds, parse_sizes, with_overrides
     from ucl_cli.experiments.options import preset as preset_options
+    from ucl_cli.experiments.options import with_overrides
     from ucl_cli.experiments.report_table import comparison_table, sweep_table, timing_text
     from ucl_cli.experiments.runner import run_synthetic
+    from ucl_cli.parsing import parse_seeds, parse_sizes
 
     base = preset_options(preset.value)
     options = with_overrides(
@@ -134,7 +134,7 @@ def synth(
 
     def save(partial) -> None:  # after every task, so an interrupted run keeps what it finished
         if out is not None:
-            _write_json(out, partial.to_json())
+            write_json_file(out, partial.to_json())
 
     with ProgressView(stderr, counts=False) as view:
         view.stage("starting workers")
@@ -148,7 +148,7 @@ def synth(
         )
     record = results.to_json()
     if out is not None:
-        _write_json(out, record)
+        write_json_file(out, record)
         stderr.print(f"wrote {out}")
     if plot is not None:
         from ucl_cli.experiments.plotting import plot_results
@@ -200,22 +200,3 @@ def _sweep_within(base, bank_sizes: tuple[int, ...]) -> tuple[int, ...]:
     """The preset's sweep sizes up to the largest bank asked for (the bank is drawn that big)."""
     largest = max(bank_sizes)
     return tuple(size for size in base.sweep_sizes if size <= largest) or (largest,)
-
-
-def _write_json(path: Path, record: dict) -> None:
-    """Atomic write: a temporary file in the same folder, then a rename."""
-    from ucl_cli.errors import InputFileError
-
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 would hide results from others
-        with os.fdopen(handle, "w") as stream:
-            json.dump(record, stream, indent=1)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except OSError as err:
-        raise InputFileError(path, f"cannot write the results: {err.strerror or err}") from None

@@ -27,8 +27,6 @@ from ucl_cli.evaluation.options import (
     METHODS,
     EvalOptions,
     parse_direction,
-    parse_list,
-    parse_sizes,
 )
 from ucl_cli.evaluation.plot import plot_report
 from ucl_cli.evaluation.report import FORMAT, EvalReport, MethodResult
@@ -60,8 +58,6 @@ __all__ = [
     "measure_trials",
     "pairs_from",
     "parse_direction",
-    "parse_list",
-    "parse_sizes",
     "plot_report",
     "read_pairs",
     "results_table",

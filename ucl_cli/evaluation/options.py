@@ -97,21 +97,3 @@ def parse_direction(text: str) -> Direction:
             "audio-to-image (audio->image)"
         )
     return value  # type: ignore[return-value]
-
-
-def parse_list(text: str) -> tuple[str, ...]:
-    """'lse, topk' -> ('lse', 'topk'): what comma-separated flags become."""
-    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
-
-
-def parse_sizes(text: str) -> tuple[int, ...]:
-    """'100,1k,10000' -> (100, 1000, 10000); 'k' and 'M' suffixes are accepted."""
-    sizes = []
-    for part in parse_list(text):
-        scale = {"k": 1_000, "m": 1_000_000}.get(part[-1].lower(), 1)
-        digits = part[:-1] if scale > 1 else part
-        try:
-            sizes.append(int(float(digits) * scale))
-        except ValueError:
-            raise UsageError(f"bank size {part!r} is not a number (e.g. 100,1k,10k)") from None
-    return tuple(sorted(set(sizes)))
