@@ -123,12 +123,26 @@ def _table(result: QueryResult, width: int) -> Table:
     has_bounds = any(hit.certified is not None for hit in result.hits)
     has_caption = any(hit.caption is not None for hit in result.hits)
     has_bridge = any(hit.bridge for hit in result.hits)
-    # What the candidate column may take: rank and score need about 24 columns with the borders;
-    # with explanations or captions, the texts get the other half.
-    path_width = max(24, (width - 24) // (2 if has_bridge or has_caption else 1))
+    rows = []
+    for hit in result.hits:
+        row = {"rank": str(hit.rank), "score": f"{hit.score:.3f}"}
+        if has_bounds:
+            row["certified"] = "yes" if hit.certified else "no"
+            row["bounds"] = f"[{hit.lower:.3f}, {hit.upper:.3f}]"
+        if has_caption:
+            row["via caption"] = escape(hit.caption or "")
+        if has_bridge:
+            row["carried by (weight)"] = "\n".join(_bridge_line(b) for b in hit.bridge)
+            row["ESS"] = f"{hit.effective_sample_size:.1f}"
+        rows.append(row)
+    texts = [name for name in ("via caption", "carried by (weight)") if name in (rows or [{}])[0]]
+    fixed = [name for name in (rows or [{}])[0] if name not in texts]
+    paths = [str(hit.candidate) for hit in result.hits]
+    path_width = _candidate_width(paths, width, fixed, rows, len(texts))
     table = Table(title=title, title_justify="left")
     table.add_column("rank", justify="right")
-    table.add_column("candidate", overflow="fold")
+    # A fixed width: Rich may then narrow only the text columns, never cut a name in two.
+    table.add_column("candidate", overflow="fold", width=path_width)
     table.add_column("score", justify="right")
     if has_bounds:
         table.add_column("certified")
@@ -138,17 +152,36 @@ def _table(result: QueryResult, width: int) -> Table:
     if has_bridge:
         table.add_column("carried by (weight)", overflow="fold")
         table.add_column("ESS", justify="right")
-    for hit in result.hits:
-        row = [str(hit.rank), escape(fold_path(str(hit.candidate), path_width)), f"{hit.score:.3f}"]
-        if has_bounds:
-            row += ["yes" if hit.certified else "no", f"[{hit.lower:.3f}, {hit.upper:.3f}]"]
-        if has_caption:
-            row.append(escape(hit.caption or ""))
-        if has_bridge:
-            row.append("\n".join(_bridge_line(b) for b in hit.bridge))
-            row.append(f"{hit.effective_sample_size:.1f}")
-        table.add_row(*row)
+    for row, path in zip(rows, paths, strict=True):
+        cells = [row["rank"], escape(fold_path(path, path_width)), row["score"]]
+        table.add_row(*cells, *(row[name] for name in list(row)[2:]))
     return table
+
+
+def _candidate_width(
+    paths: list[str], width: int, fixed: list[str], rows: list[dict[str, str]], texts: int
+) -> int:
+    """The candidate column's width: what is left of the terminal after the narrow columns (and
+    half of it when bank texts share the row), but never less than the longest file or folder
+    name, so that a path is folded only between names."""
+    if not paths:
+        return len("candidate")
+    columns = len(fixed) + 1 + texts
+    frame = columns + 1 + 2 * columns  # borders and each column's padding
+    narrow = sum(max(len(name), *(len(row[name]) for row in rows)) for name in fixed)
+    room = width - frame - narrow
+    if texts:
+        room = room // 2
+    longest_name = max(len(part) for path in paths for part in _path_parts(path))
+    longest_path = max(len(path) for path in paths)
+    chosen = min(longest_path, max(room, longest_name, len("candidate")))
+    return max(len(line) for path in paths for line in fold_path(path, chosen).split("\n"))
+
+
+def _path_parts(path: str) -> list[str]:
+    """The pieces `fold_path` never breaks: each name with its trailing separator."""
+    separators = "/" + (os.sep if os.sep != "/" else "")
+    return [part for part in re.split(f"(?<=[{re.escape(separators)}])", path) if part]
 
 
 def _bridge_line(item: BridgeWeight) -> str:
@@ -161,10 +194,8 @@ def fold_path(path: str, width: int) -> str:
     """`path` on lines of at most `width` characters, broken only after a folder separator, so
     that no file or folder name is cut in two (a single name longer than `width` keeps its line).
     """
-    separators = "/" + (os.sep if os.sep != "/" else "")
-    parts = re.split(f"(?<=[{re.escape(separators)}])", path)
     lines, line = [], ""
-    for part in parts:
+    for part in _path_parts(path):
         if line and len(line) + len(part) > width:
             lines.append(line)
             line = part
