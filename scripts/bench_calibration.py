@@ -2,23 +2,33 @@
 
 For each seed: train the independent A-B and B-C models of `ucl synth` (one critic), then rank the
 held-out groups through the bank with every calibration of a grid (temperature t on both
-critics, normalisation none or candidates) at each bank size. The calibration is chosen on the
-first seed alone and judged on the others, so the reported recall is held out:
+critics, normalisation none or candidates) at each bank size. Three ways of choosing the
+calibration are judged, each on seeds whose labels it did not use:
 
-    python scripts/bench_calibration.py --preset paper --seeds 0-9 --critic cosine
+- chosen on the first seed's labels, judged on the other seeds;
+- pseudo-pairs (label-free, every seed): fresh bridge items through both models' bridge towers
+  stand in for (query, candidate) pairs; the calibration with the best pseudo-pair recall is used;
+- target ESS (label-free, every seed): the smallest temperature whose median effective sample
+  size over (query, candidate) pairs reaches sqrt(M).
+
+    python scripts/bench_calibration.py --preset paper --seeds 0-9 --out calibration.json
     python scripts/bench_calibration.py --preset quick --seeds 0-2      # a minute or two
 
-Prints one row per calibration (recall@1 averaged over the judged seeds at each bank size), the
-paper's estimator first, then the one chosen on the first seed at each bank size.
+`--out` keeps every seed's numbers as it finishes, and a second run with the same file skips the
+seeds already there (so the 10-seed table can be built over several sittings); `--report` prints
+the table from the file alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -26,18 +36,123 @@ from ucl_cli.estimators.calibrated import Calibration
 from ucl_cli.experiments.evaluation import bank_sweep
 from ucl_cli.experiments.families import INDEPENDENT
 from ucl_cli.experiments.options import preset
-from ucl_cli.experiments.tasks import bridge_terms, seed_data
+from ucl_cli.experiments.tasks import bridge_terms, pseudo_pair_terms, seed_data
 from ucl_cli.experiments.training import train_families
+from ucl_cli.files import atomic_write_json
+from ucl_cli.parsing import parse_seeds, parse_sizes
 
 TEMPERATURES = (1.0, 0.5, 0.25, 0.1, 0.05)
 NORMALIZATIONS = ("none", "candidates")
+GRID = [Calibration(t, t, norm) for norm in NORMALIZATIONS for t in TEMPERATURES]
 
 
-def seeds(text: str) -> list[int]:
-    if "-" in text:
-        first, last = text.split("-")
-        return list(range(int(first), int(last) + 1))
-    return [int(part) for part in text.split(",")]
+def name(calibration: Calibration) -> str:
+    return f"t={calibration.query_temperature:g},{calibration.normalize}"
+
+
+def run_seed(options, critic: str, seed: int, sizes: tuple[int, ...]) -> dict:
+    """Every calibration's recall and median ESS on the labelled groups, and its recall on the
+    label-free pseudo-pairs, at every bank size."""
+    dtype = getattr(torch, options.eval_dtype)
+    start = time.perf_counter()
+    data = seed_data(options, seed)
+    trained = train_families((INDEPENDENT,), critic, data.train, options.training, seed)
+    trained_s = time.perf_counter() - start
+    terms, groups = bridge_terms(trained, INDEPENDENT, data, options, dtype)
+    pseudo, pseudo_groups = pseudo_pair_terms(trained, INDEPENDENT, data, options, dtype, seed)
+    out = {"train_s": trained_s, "calibrations": {}}
+    for calibration in GRID:
+        labelled = bank_sweep(terms, groups, sizes, ess=True, calibration=calibration)
+        free = bank_sweep(pseudo, pseudo_groups, sizes, ess=False, calibration=calibration)
+        out["calibrations"][name(calibration)] = {
+            "recall": list(labelled.recall),
+            "ess": list(labelled.ess_all),
+            "pseudo_recall": list(free.recall),
+        }
+    out["total_s"] = time.perf_counter() - start
+    return out
+
+
+def report(record: dict) -> None:
+    sizes = record["sizes"]
+    seeds = sorted(record["seeds"], key=int)
+    chooser, judged = seeds[0], seeds[1:] or seeds[:1]
+    runs = record["seeds"]
+
+    def recall(seed: str, calibration: str, i: int) -> float:
+        return runs[seed]["calibrations"][calibration]["recall"][i]
+
+    def mean_over(pick, over: list[str], i: int) -> float:
+        return statistics.fmean(recall(seed, pick(seed, i), i) for seed in over)
+
+    def by_pseudo(seed: str, i: int) -> str:
+        table = runs[seed]["calibrations"]
+        return max(table, key=lambda c: (table[c]["pseudo_recall"][i], -GRID_ORDER[c]))
+
+    def by_ess(normalize: str):
+        def pick(seed: str, i: int) -> str:
+            table = runs[seed]["calibrations"]
+            target = math.sqrt(sizes[i])
+            ordered = [c for c in GRID_ORDER if c.endswith(normalize)]  # t descending
+            reached = [c for c in ordered if table[c]["ess"][i] >= target]
+            return reached[0] if reached else ordered[-1]
+
+        return pick
+
+    chosen = [
+        max(runs[chooser]["calibrations"], key=lambda c, i=i: recall(chooser, c, i))
+        for i in range(len(sizes))
+    ]
+    print(
+        f"{record['critic']} critic, independent encoders, preset {record['preset']}, "
+        f"seeds {','.join(seeds)}; label-chosen rows judged on seeds {','.join(judged)}, "
+        f"label-free rows on every seed; torch {record['torch']}"
+    )
+    print("| calibration | " + " | ".join(f"M={size:,}" for size in sizes) + " |")
+    print("|---|" + "---|" * len(sizes))
+
+    def row(label: str, cells: list[float]) -> None:
+        print(f"| {label} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
+
+    for calibration in GRID_ORDER:
+        label = "paper's estimator (t=1, none)" if calibration == "t=1,none" else calibration
+        row(label, [mean_over(lambda s, i, c=calibration: c, judged, i) for i in range(len(sizes))])
+    row(
+        "chosen on seed " + chooser + " (" + "; ".join(chosen) + ")",
+        [mean_over(lambda s, i: chosen[i], judged, i) for i in range(len(sizes))],
+    )
+    row(
+        "label-free: best pseudo-pair recall",
+        [mean_over(by_pseudo, seeds, i) for i in range(len(sizes))],
+    )
+    for normalize in NORMALIZATIONS:
+        row(
+            f"label-free: ESS >= sqrt(M), {normalize}",
+            [mean_over(by_ess(normalize), seeds, i) for i in range(len(sizes))],
+        )
+    print()
+    print("what each rule picked, per seed (first bank size / last):")
+    for seed in seeds:
+        picks = [(by_pseudo(seed, i), by_ess("candidates")(seed, i)) for i in (0, len(sizes) - 1)]
+        best = [
+            max(runs[seed]["calibrations"], key=lambda c, i=i: recall(seed, c, i))
+            for i in (0, len(sizes) - 1)
+        ]
+        print(
+            f"  seed {seed}: label-best {best[0]} / {best[1]}; pseudo-pairs {picks[0][0]} / "
+            f"{picks[1][0]}; ESS rule {picks[0][1]} / {picks[1][1]}"
+        )
+    print()
+    print("median ESS at each calibration (mean over seeds):")
+    for calibration in GRID_ORDER:
+        cells = [
+            statistics.fmean(runs[s]["calibrations"][calibration]["ess"][i] for s in seeds)
+            for i in range(len(sizes))
+        ]
+        print(f"  {calibration}: " + ", ".join(f"{cell:.1f}" for cell in cells))
+
+
+GRID_ORDER = {name(c): i for i, c in enumerate(GRID)}
 
 
 def main() -> None:
@@ -45,52 +160,42 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--seeds", default="0-9", help="the first one chooses, the rest judge")
     parser.add_argument("--critic", default="cosine", choices=("cosine", "dot", "neg_sq_l2"))
-    parser.add_argument("--bank-sizes", default=None, help="e.g. 5000,100000 (default: preset)")
+    parser.add_argument("--bank-sizes", default=None, help="e.g. 5k,100k (default: preset's)")
+    parser.add_argument("--out", type=Path, help="keep per-seed results here (resumable)")
+    parser.add_argument("--report", action="store_true", help="only print the table from --out")
     args = parser.parse_args()
     options = preset(args.preset)
     if args.bank_sizes:
-        sizes = tuple(int(size) for size in args.bank_sizes.split(","))
-        options = replace(options, bank_sizes=sizes, sweep_sizes=())
+        options = replace(options, bank_sizes=parse_sizes(args.bank_sizes), sweep_sizes=())
     sizes = options.all_bank_sizes
-    grid = [Calibration(t, t, norm) for norm in NORMALIZATIONS for t in TEMPERATURES]
-    dtype = getattr(torch, options.eval_dtype)
-    recall: dict[Calibration, list[tuple[float, ...]]] = {c: [] for c in grid}
-    for seed in seeds(args.seeds):
-        start = time.perf_counter()
-        data = seed_data(options, seed)
-        trained = train_families((INDEPENDENT,), args.critic, data.train, options.training, seed)
-        terms, groups = bridge_terms(trained, INDEPENDENT, data, options, dtype)
-        for calibration in grid:
-            sweep = bank_sweep(terms, groups, sizes, ess=False, calibration=calibration)
-            recall[calibration].append(sweep.recall)
-        print(f"seed {seed} done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    chooser, judged = 0, slice(1, None)
-    print(
-        f"{args.critic} critic, independent encoders, preset {args.preset}, seeds {args.seeds} "
-        f"(chosen on the first, judged on the rest), torch {torch.__version__}"
-    )
-    print("| calibration | " + " | ".join(f"M={size:,}" for size in sizes) + " |")
-    print("|---|" + "---|" * len(sizes))
-
-    def row(name: str, cells: list[float]) -> None:
-        print(f"| {name} | " + " | ".join(f"{cell:.3f}" for cell in cells) + " |")
-
-    def held_out(calibration: Calibration, index: int) -> float:
-        values = [run[index] for run in recall[calibration][judged]] or [
-            recall[calibration][chooser][index]
-        ]
-        return statistics.fmean(values)
-
-    for calibration in grid:
-        t, norm = calibration.query_temperature, calibration.normalize
-        name = "paper's estimator" if calibration.is_paper else f"t={t:g}, normalize={norm}"
-        row(name, [held_out(calibration, i) for i in range(len(sizes))])
-    chosen = [max(grid, key=lambda c, i=i: recall[c][chooser][i]) for i in range(len(sizes))]
-    row(
-        "chosen on the first seed: "
-        + "; ".join(f"t={c.query_temperature:g} {c.normalize}" for c in chosen),
-        [held_out(c, i) for i, c in enumerate(chosen)],
-    )
+    record = {
+        "preset": args.preset,
+        "critic": args.critic,
+        "sizes": list(sizes),
+        "torch": torch.__version__,
+        "seeds": {},
+    }
+    if args.out and args.out.exists():
+        saved = json.loads(args.out.read_text())
+        same = all(saved[key] == record[key] for key in ("preset", "critic", "sizes"))
+        if not same:
+            sys.exit(f"{args.out} holds another run (preset, critic or sizes differ)")
+        record = saved
+    if not args.report:
+        for seed in parse_seeds(args.seeds):
+            if str(seed) in record["seeds"]:
+                continue
+            record["seeds"][str(seed)] = run_seed(options, args.critic, seed, sizes)
+            done = record["seeds"][str(seed)]
+            print(
+                f"seed {seed}: trained in {done['train_s']:.0f} s, all in {done['total_s']:.0f} s",
+                file=sys.stderr,
+            )
+            if args.out:
+                atomic_write_json(args.out, record)
+    wanted = {str(seed) for seed in parse_seeds(args.seeds)}
+    record["seeds"] = {s: run for s, run in record["seeds"].items() if s in wanted}
+    report(record)
 
 
 if __name__ == "__main__":

@@ -108,3 +108,36 @@ def test_temperature_and_normalisation_parse_from_the_command_line():
             Calibration.parse(bad)
     with pytest.raises(UsageError, match="normalize must be one of none, candidates"):
         Calibration.parse("1", "bank")
+
+
+def test_pseudo_pairs_use_no_labels_and_pair_each_fresh_item_with_itself():
+    """The label-free rule's pairs: fresh bridge items through both bridge towers. They never
+    read the held-out triplets, and an item's own candidate is its positive (it wins most
+    groups once the towers are trained), as a labelled pair's would be."""
+    from dataclasses import replace
+
+    from ucl_cli.experiments.evaluation import bank_sweep
+    from ucl_cli.experiments.families import INDEPENDENT
+    from ucl_cli.experiments.options import SynthOptions
+    from ucl_cli.experiments.tasks import pseudo_pair_terms, seed_data
+    from ucl_cli.experiments.training import TrainingOptions, train_families
+
+    options = SynthOptions(
+        seeds=(1,),
+        critics=("cosine",),
+        bank_sizes=(400,),
+        sweep_sizes=(),
+        train_size=512,
+        val_size=64,
+        training=TrainingOptions(epochs=3, batch_size=128, lr_step=2),
+    )
+    data = seed_data(options, 1)
+    trained = train_families((INDEPENDENT,), "cosine", data.train, options.training, 1)
+    terms, groups = pseudo_pair_terms(trained, INDEPENDENT, data, options, torch.float64, 1)
+    left, right = terms(0)
+    assert groups == 2 and left.shape == (32, 400) and right.shape == (400, 32)
+    without_labels = replace(data, val=None)  # the held-out triplets are not needed at all
+    again, _ = pseudo_pair_terms(trained, INDEPENDENT, without_labels, options, torch.float64, 1)
+    assert torch.equal(again(1)[0], terms(1)[0])
+    recall = bank_sweep(terms, groups, (400,), ess=False).recall[0]
+    assert recall > 3 / 32  # far above chance: the pairs carry the bridge's signal

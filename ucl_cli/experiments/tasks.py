@@ -206,5 +206,42 @@ def bridge_terms(
     return terms, group_count(phi_a.shape[0], size)
 
 
+def pseudo_pair_terms(
+    trained: TrainedFamilies,
+    family: FamilySpec,
+    data: SeedData,
+    options: SynthOptions,
+    dtype: torch.dtype,
+    seed: int,
+) -> tuple[GroupTerms, int]:
+    """Like `bridge_terms`, with no labels: the queries and candidates are fresh B samples
+    (drawn apart from the bank), each embedded by the A-B model's B tower as the query and by
+    the B-C model's B tower as its own candidate. This is what a user without paired data has:
+    the bank's kind of item (texts) through both models' text towers. Choosing a calibration by
+    the recall of these pseudo-pairs is a label-free rule."""
+    name = family.name
+    count = group_count(options.val_size, options.group_size) * options.group_size
+    fresh = torch.from_numpy(
+        sample_bridge_bank(data.world, count, np.random.default_rng([seed, 4]))
+    )
+    queries = trained.embed(name, family.bridge[0], fresh).to(dtype)
+    candidates = trained.embed(name, family.bridge[1], fresh).to(dtype)
+    bank = torch.from_numpy(data.bank)
+    bank_left = trained.embed(name, family.bridge[0], bank).to(dtype)
+    bank_right = trained.embed(name, family.bridge[1], bank).to(dtype)
+    left_pair, right_pair = family.pairs
+    scale_left = trained.scale(name, left_pair.left, left_pair.right)
+    scale_right = trained.scale(name, right_pair.left, right_pair.right)
+    score = get_critic(trained.critic)
+    size = options.group_size
+
+    def terms(g: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = slice(g * size, (g + 1) * size)
+        left = score(queries[rows], bank_left, scale_left)
+        return left, score(bank_right, candidates[rows], scale_right)
+
+    return terms, count // size
+
+
 def _ignore(_units: float, _message: str) -> None:
     return None
