@@ -68,8 +68,8 @@ def bench_warm(args: argparse.Namespace) -> None:
     from ucl_cli import media
     from ucl_cli.bank import builtin_bank
     from ucl_cli.bridge import QueryOptions, search
-    from ucl_cli.bridge.methods import lse_scores
-    from ucl_cli.bridge.sides import bank_side
+    from ucl_cli.bridge.methods import Bridge, ScoringSettings
+    from ucl_cli.bridge.scoring import lse_scores
     from ucl_cli.cache import CacheKey, EmbeddingCache, embed_files, encoder_digest
     from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO, load_encoder
 
@@ -107,7 +107,7 @@ def bench_warm(args: argparse.Namespace) -> None:
         image[0, 0, :] = (i, time.time_ns() % 251, os.getpid() % 251)  # new to the cache
         queries.append(work / f"query{i}.png")
         Image.fromarray(image).save(queries[-1])
-    options = QueryOptions(top=10, device="cpu")
+    options = QueryOptions(top=10, scoring=ScoringSettings(device="cpu"))
     search([queries[-1]], [audio_dir], encoders=[clip, clap], bank=bank, options=options)  # warm-up
 
     runs = iter(queries)
@@ -126,9 +126,9 @@ def bench_warm(args: argparse.Namespace) -> None:
     image = media.load_image(queries[0])
     embed, query_vector = best_of(lambda: clip.embed("image", [image]), args.repeats)
     lookup, cached = best_of(lambda: embed_files(clap, "audio", paths, cache), args.repeats)
-    sides = (bank_side(bank, clip, None), bank_side(bank, clap, None))
+    bridge = Bridge.of(bank, clip, clap)
     score, _ = best_of(
-        lambda: lse_scores(query_vector, cached.vectors, *sides), max(args.repeats, 20)
+        lambda: lse_scores(bridge, query_vector, cached.vectors), max(args.repeats, 20)
     )
     print(
         f"warm query, {len(paths)} cached candidates, built-in bank of {len(bank)} rows, "
@@ -188,9 +188,10 @@ def ivf(bank: np.ndarray, nlist: int, rng: np.random.Generator):
 def bench_topk(args: argparse.Namespace) -> None:
     import torch
 
+    from ucl_cli.bank.nearest import DEFAULT_NPROBE, CertifiedNearest
     from ucl_cli.bank.norms import largest_row_norm
-    from ucl_cli.bridge.certified_search import DEFAULT_NPROBE, CertifiedNearest
-    from ucl_cli.bridge.methods import BridgeSide, lse_scores, topk_scores
+    from ucl_cli.bridge.methods import Bridge, BridgeSide
+    from ucl_cli.bridge.scoring import lse_scores, topk_scores
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -221,23 +222,22 @@ def bench_topk(args: argparse.Namespace) -> None:
     # The largest row norms, which `ucl index` records in the manifest as it writes the rows.
     norm_a, norm_b = largest_row_norm(bank_a), largest_row_norm(bank_b)
 
-    def sides() -> tuple[BridgeSide, BridgeSide]:
+    def sides() -> Bridge:
         """A fresh search object, as a new `ucl query` process has (the scan file persists)."""
         near_b = CertifiedNearest(index_b, bank_b, nprobe, scan_cache, norm_b)
-        return (
+        return Bridge(
             BridgeSide(bank_a, args.scale, None, norm_a),
             BridgeSide(bank_b, args.scale, near_b, norm_b),
         )
 
-    def topk(left: BridgeSide, right: BridgeSide):
-        return topk_scores(query, candidates, left, right, top=10, max_t=args.k_max)
+    def topk(bridge: Bridge):
+        return topk_scores(bridge, query, candidates, top=10, max_nearest_rows=args.nearest_max)
 
-    cold, _ = best_of(lambda: topk(*sides()), 1)  # includes the one-off scan of the IVF lists
-    saved, _ = best_of(lambda: topk(*sides()), 3)  # a new process: the saved scan is loaded
-    warm_sides = sides()
-    t_topk, approx = best_of(lambda: topk(*warm_sides), 3)
-    left, right = warm_sides
-    t_lse, exact = best_of(lambda: lse_scores(query, candidates, left, right), args.lse_repeats)
+    cold, _ = best_of(lambda: topk(sides()), 1)  # includes the one-off scan of the IVF lists
+    saved, _ = best_of(lambda: topk(sides()), 3)  # a new process: the saved scan is loaded
+    warm = sides()
+    t_topk, approx = best_of(lambda: topk(warm), 3)
+    t_lse, exact = best_of(lambda: lse_scores(warm, query, candidates), args.lse_repeats)
     leading = int(approx.certified.int().cumprod(dim=1).sum())
     same_top10 = torch.equal(approx.order[0, :10], exact.order[0, :10])
     inside = bool(
@@ -275,8 +275,9 @@ def bench_trial(args: argparse.Namespace) -> None:
     import faiss
     import torch
 
-    from ucl_cli.bridge.certified_search import CertifiedNearest
-    from ucl_cli.bridge.methods import BridgeSide, lse_scores, topk_scores
+    from ucl_cli.bank.nearest import CertifiedNearest
+    from ucl_cli.bridge.methods import Bridge, BridgeSide
+    from ucl_cli.bridge.scoring import lse_scores, topk_scores
 
     rng = np.random.default_rng(0)
 
@@ -291,8 +292,9 @@ def bench_trial(args: argparse.Namespace) -> None:
         index.add(bank)
         sides.append(BridgeSide(bank, scale, CertifiedNearest(index, bank)))
     queries, candidates = unit(args.trial_size), unit(args.trial_size)
-    t_lse, _ = best_of(lambda: lse_scores(queries, candidates, *sides), 3)
-    t_topk, scores = best_of(lambda: topk_scores(queries, candidates, *sides, top=10), 3)
+    bridge = Bridge(*sides)
+    t_lse, _ = best_of(lambda: lse_scores(bridge, queries, candidates), 3)
+    t_topk, scores = best_of(lambda: topk_scores(bridge, queries, candidates, top=10), 3)
     leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
     print(
         f"one trial, {args.trial_size} queries x {args.trial_size} candidates, random bank of "
@@ -314,7 +316,7 @@ def bench_checks(args: argparse.Namespace) -> None:
     import ucl_cli.bank.store as store
     import ucl_cli.cache as cache_module
     from ucl_cli.bank import builtin_bank_name, load_bank
-    from ucl_cli.bridge import QueryOptions, search
+    from ucl_cli.bridge import QueryOptions, ScoringSettings, search
     from ucl_cli.config import banks_dir
     from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, DEFAULT_TEXT_AUDIO, load_encoder
 
@@ -359,7 +361,7 @@ def bench_checks(args: argparse.Namespace) -> None:
                     [audio_dir],
                     encoders=encoders,
                     bank=bank,
-                    options=QueryOptions(top=10, device="cpu"),
+                    options=QueryOptions(top=10, scoring=ScoringSettings(device="cpu")),
                     cache=cache,
                 )
             elapsed = time.perf_counter() - start
@@ -404,7 +406,7 @@ def main() -> None:
     topk.add_argument("--nprobe", type=int, help="lists first visited (default: ucl's)")
     topk.add_argument("--candidates", type=int, default=1000)
     topk.add_argument("--scale", type=float, default=100.0)
-    topk.add_argument("--k-max", type=int, default=4096)
+    topk.add_argument("--nearest-max", type=int, default=4096)
     checks = sub.add_parser("checks")
     checks.add_argument("--models", required=True)
     checks.add_argument("--workdir", required=True)

@@ -14,7 +14,7 @@ towers) that load through the same code; the tests use those.
 Nothing is downloaded. Every file carries a stand-in mark that survives copying the cache, so
 `ucl doctor`, `ucl models` and every command that loads these models warn "random weights:
 rankings are meaningless". Output (the files written) goes to stderr. See
-ucl_cli/encoders/standins.py for the layout.
+ucl_cli/testing/standins.py for the layout.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from ucl_cli.encoders.standins import STANDIN_NOTE, write_defaults
     from ucl_cli.errors import UclError
+    from ucl_cli.testing.standins import STANDIN_NOTE, write_defaults
 
     start = time.perf_counter()
     try:

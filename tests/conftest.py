@@ -11,6 +11,9 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest
 
+# The stand-in model fixtures (clip_root, clap_encoder, empty_hub, ...), for every test module.
+pytest_plugins = ("model_fixtures",)
+
 
 @pytest.fixture(autouse=True)
 def ucl_home(tmp_path_factory, monkeypatch):
@@ -45,16 +48,6 @@ def plugin(tmp_path, monkeypatch):
 def media_dir(tmp_path):
     """An image and an audio clip of each planted concept (files named by concept), for CLI
     tests with the planted backend (tests/planted_backend.py)."""
-    import numpy as np
     import planted_backend as planted
-    import soundfile as sf
-    from PIL import Image
 
-    root = tmp_path / "media"
-    (root / "images").mkdir(parents=True)
-    (root / "audio").mkdir()
-    for j in range(planted.CONCEPTS):
-        Image.new("RGB", (16, 16), (10 * j,) * 3).save(root / "images" / f"concept{j}.png")
-        samples = np.full(planted.SAMPLE_RATE // 4, (j + 1) / 20, dtype=np.float32)
-        sf.write(root / "audio" / f"concept{j}.wav", samples, planted.SAMPLE_RATE, subtype="FLOAT")
-    return root
+    return planted.write_media(tmp_path / "media")

@@ -7,10 +7,12 @@ scripts/test.sh installs the packages. A missing sample fails the test: it never
 
 from __future__ import annotations
 
+import re
 import shutil
 import struct
 import subprocess
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -19,10 +21,14 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from ucl_cli.errors import InputFileError
+
 SKIMAGE_DATA = Path(skimage.data.__file__).parent
 MATPLOTLIB_DATA = Path(matplotlib.get_data_path()) / "sample_data"
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
 FREEDESKTOP_SOUNDS = Path("/usr/share/sounds/freedesktop/stereo")
+SPEECH = ALSA_SOUNDS / "Front_Center.wav"  # 48 kHz mono PCM_16, 68,545 frames
+STEREO_OGA = FREEDESKTOP_SOUNDS / "camera-shutter.oga"  # 96 kHz stereo Vorbis, 83,734 frames
 
 _INSTALL_HINT = (
     "apt-get install -y alsa-utils sound-theme-freedesktop espeak-ng sox (scripts/test.sh does)"
@@ -34,6 +40,22 @@ def sample(path: Path) -> Path:
     if not path.is_file():
         pytest.fail(f"sample file {path} is missing; {_INSTALL_HINT}")
     return path
+
+
+def assert_one_error(
+    read: Callable[[], object], path: Path, reason: str, *, pattern: bool = False
+) -> None:
+    """`read()` raises one InputFileError that names `path` and says exactly `reason` (a regular
+    expression to match whole when `pattern`), and its message is "PATH: REASON"."""
+    with pytest.raises(InputFileError) as caught:
+        read()
+    error = caught.value
+    assert error.path == str(path)
+    if pattern:
+        assert re.fullmatch(reason, error.reason), error.reason
+    else:
+        assert error.reason == reason
+    assert str(error) == f"{path}: {error.reason}"
 
 
 def open_image(path: Path) -> Image.Image:

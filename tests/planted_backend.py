@@ -12,6 +12,7 @@ text "concept j", and the exact score is known in closed form.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +40,22 @@ def concept_of(modality: Modality, item) -> int | None:
     if modality is Modality.IMAGE:
         return round(float(np.asarray(item).mean()) / 10)
     return round(float(np.mean(item)) * 20) - 1
+
+
+def write_media(root: Path, *, audio_suffix: str = ".wav", subtype: str = "FLOAT") -> Path:
+    """An image and an audio clip of each concept, named by concept (root/images/concept{j}.png,
+    root/audio/concept{j}{audio_suffix}): files whose rankings the planted backend knows."""
+    import soundfile
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "audio").mkdir()
+    for j in range(CONCEPTS):
+        Image.new("RGB", (16, 16), (10 * j,) * 3).save(root / "images" / f"concept{j}.png")
+        samples = np.full(SAMPLE_RATE // 4, (j + 1) / 20, dtype=np.float32)
+        path = root / "audio" / f"concept{j}{audio_suffix}"
+        soundfile.write(path, samples, SAMPLE_RATE, subtype=subtype)
+    return root
 
 
 class PlantedEncoder(Encoder):

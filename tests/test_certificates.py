@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from ucl_cli.bridge.certified_search import CertifiedNearest
-from ucl_cli.bridge.methods import BridgeSide, topk_scores
+from ucl_cli.bank.nearest import CertifiedNearest
+from ucl_cli.bridge.methods import Bridge, BridgeSide
+from ucl_cli.bridge.scoring import topk_scores
 from ucl_cli.estimators import BridgeBounds, certify_ranking
 
 
@@ -156,7 +157,8 @@ def test_near_ties_in_a_fully_known_bank_are_never_certified_in_the_wrong_order(
     candidates = near_tie_candidates(rng, dim, pairs=60, spread=3e-8)
     left = BridgeSide(left_bank, s1)
     right = BridgeSide(right_bank, s2, CertifiedNearest(flat(right_bank), right_bank))
-    scores = topk_scores(queries, candidates, left, right, top=len(candidates), start_t=1024)
+    bridge = Bridge(left, right)
+    scores = topk_scores(bridge, queries, candidates, top=len(candidates), nearest_rows=1024)
     exact = exact_scores(queries, candidates, left_bank, right_bank, s1, s2)
     check_against_exact(scores, exact)
 
@@ -184,7 +186,7 @@ def test_topk_bounds_and_certified_ranks_hold_in_float64(seed, centres, per_cent
     candidates = np.concatenate([aimed, near, near_tie_candidates(rng, dim, 10, 1e-7)])
     left = BridgeSide(left_bank, s1)
     right = BridgeSide(right_bank, s2, CertifiedNearest(index, right_bank, nprobe=1))
-    scores = topk_scores(queries, candidates, left, right, top=10, start_t=8)
+    scores = topk_scores(Bridge(left, right), queries, candidates, top=10, nearest_rows=8)
     exact = exact_scores(queries, candidates, left_bank, right_bank, s1, s2)
     checked, certified = check_against_exact(scores, exact)
     assert checked == 3 * len(candidates)
@@ -209,6 +211,6 @@ def test_bounds_hold_for_bank_rows_off_unit_norm():
     queries = unit(left_bank[:2])
     left = BridgeSide(left_bank, s1)
     right = BridgeSide(right_bank, s2, CertifiedNearest(index, right_bank, nprobe=1))
-    scores = topk_scores(queries, candidates, left, right, top=5, start_t=4)
+    scores = topk_scores(Bridge(left, right), queries, candidates, top=5, nearest_rows=4)
     exact = exact_scores(queries, candidates, left_bank, right_bank, s1, s2)
     check_against_exact(scores, exact)

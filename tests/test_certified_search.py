@@ -6,7 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-from ucl_cli.bridge.certified_search import CertifiedNearest
+from ucl_cli.bank.nearest import CertifiedNearest
 
 
 def clustered_bank(rows: int = 4000, dim: int = 16, clusters: int = 20, seed: int = 0):
@@ -103,7 +103,7 @@ def test_too_few_rows_in_the_visited_lists_visits_more_lists():
 
 
 def test_the_scan_is_saved_and_reused_by_the_next_process(tmp_path, monkeypatch):
-    import ucl_cli.bridge.certified_search as certified
+    import ucl_cli.bank.nearest as certified
 
     bank, queries = clustered_bank()
     index = ivf_index(bank, 16)
@@ -140,7 +140,8 @@ def test_topk_certifies_the_exact_top10_through_an_ivf_index():
     # the exact scores and certify the leading ranks, which must be the exact ones.
     import torch
 
-    from ucl_cli.bridge.methods import BridgeSide, lse_scores, topk_scores
+    from ucl_cli.bridge.methods import Bridge, BridgeSide
+    from ucl_cli.bridge.scoring import lse_scores, topk_scores
 
     rng = np.random.default_rng(3)
     rows, dim, concepts = 20_000, 32, 40
@@ -158,10 +159,10 @@ def test_topk_certifies_the_exact_top10_through_an_ivf_index():
     kinds = np.concatenate([np.zeros(12, int), rng.integers(1, concepts, 188)])
     candidates = unit(centres_b[kinds] + 0.2 * rng.standard_normal((200, dim)))
     search = CertifiedNearest(ivf_index(bank_b, 64), bank_b, nprobe=1)
-    left, right = BridgeSide(bank_a, 30.0), BridgeSide(bank_b, 30.0, search)
+    bridge = Bridge(BridgeSide(bank_a, 30.0), BridgeSide(bank_b, 30.0, search))
 
-    exact = lse_scores(query, candidates, left, right)
-    approx = topk_scores(query, candidates, left, right, top=10, start_t=16)
+    exact = lse_scores(bridge, query, candidates)
+    approx = topk_scores(bridge, query, candidates, top=10, nearest_rows=16)
     assert (approx.lower <= exact.values + 1e-3).all()
     assert (exact.values <= approx.upper + 1e-3).all()
     leading = int(approx.certified.int().cumprod(dim=1).sum())

@@ -26,13 +26,8 @@ from ucl_cli.encoders.checkpoints import (
 from ucl_cli.encoders.clap_backend import ClapEncoder, fit_state_dict
 from ucl_cli.encoders.hub import MissingModelFileError
 from ucl_cli.encoders.registry import DEFAULT_TEXT_AUDIO, get_spec, load_encoder
-from ucl_cli.encoders.standins import CLAP_LOGIT_SCALE, write_clap, write_hub_file
 from ucl_cli.errors import UnknownModelError, UsageError
-
-clap_root = model_fixtures.clap_root
-clap_hub = model_fixtures.clap_hub
-clap_encoder = model_fixtures.clap_encoder
-empty_hub = model_fixtures.empty_hub
+from ucl_cli.testing.standins import CLAP_LOGIT_SCALE, write_clap, write_hub_file
 
 TEN_S = 10 * SAMPLE_RATE
 SETTINGS = clap_audio.AudioSettings()
@@ -236,14 +231,7 @@ def test_fusion_checkpoint_loads_and_embeds_long_clips_deterministically(tmp_pat
 
 @pytest.mark.gpu
 def test_runs_on_cuda_with_the_same_embeddings(clap_encoder, clap_hub):
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    on_gpu = load_encoder(DEFAULT_TEXT_AUDIO, device="auto")
-    assert on_gpu.device == "cuda" and next(on_gpu.model.parameters()).is_cuda
-    clips = [tone(12.0, seed=7), tone(1.5, seed=8)]
-    np.testing.assert_allclose(
-        on_gpu.embed("audio", clips), clap_encoder.embed("audio", clips), atol=2e-3
-    )
-    np.testing.assert_allclose(
-        on_gpu.embed("text", ["a dog"]), clap_encoder.embed("text", ["a dog"]), atol=2e-3
+    assert clap_encoder.key == DEFAULT_TEXT_AUDIO
+    model_fixtures.assert_same_on_cuda(
+        clap_encoder, "audio", [tone(12.0, seed=7), tone(1.5, seed=8)]
     )

@@ -7,11 +7,11 @@ Nothing here builds a real model (see test_open_clip_backend.py and test_clap_ba
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
-import model_fixtures
 import numpy as np
 import pytest
 import torch
@@ -39,16 +39,15 @@ from ucl_cli.encoders.registry import (
     list_models,
     load_encoder,
 )
-from ucl_cli.encoders.standins import write_hub_file
 from ucl_cli.errors import (
     InputFileError,
     ModelNotAvailableError,
     UnknownModelError,
     UsageError,
 )
+from ucl_cli.testing.standins import write_hub_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-empty_hub = model_fixtures.empty_hub
 
 
 @pytest.fixture
@@ -137,6 +136,19 @@ def declared_backends() -> dict[str, str]:
 
 def test_builtin_entry_points_mirror_pyproject():
     assert declared_backends() == registry.BUILTIN_ENTRY_POINTS
+
+
+def test_the_product_never_imports_the_testing_kit():
+    # It only reads the stand-ins' mark (ucl_cli/encoders/standin_marks.py); the writers, in
+    # ucl_cli/testing, are for tests, benchmarks and scripts/make_test_models.py.
+    package = REPO_ROOT / "ucl_cli"
+    an_import = re.compile(r"^\s*(from|import)\s+ucl_cli\.testing\b", re.MULTILINE)
+    importers = [
+        str(path.relative_to(package))
+        for path in sorted(package.rglob("*.py"))
+        if path.parent.name != "testing" and an_import.search(path.read_text())
+    ]
+    assert importers == []
 
 
 def test_builtins_register_through_the_entry_point_group(fresh_registry, monkeypatch):

@@ -533,6 +533,20 @@ def test_report_json_names_options_models_versions_and_the_bank_checksum(
             assert interval["half_width"] == pytest.approx(half, abs=1e-12)
 
 
+def test_eval_reads_the_nearest_rows_flags_and_their_old_spellings(planted_bank, runner, tmp_path):
+    manifest = concept_manifest(tmp_path / "data", range(6))
+    common = ["--bank", planted_bank, "--trials", 2, "--candidates", 4, "--methods", "topk"]
+    scoring = []
+    for n, flags in enumerate([("--nearest", 3, "--nearest-max", 5), ("--k", 3, "--k-max", 5)]):
+        out = tmp_path / f"r{n}.json"
+        result = run_eval(runner, manifest, *common, *flags, "--out", out)
+        assert result.exit_code == 0, result.output
+        scoring.append(json.loads(out.read_text())["options"]["scoring"])
+    assert scoring[0] == scoring[1]
+    assert scoring[0]["nearest_rows"] == 3 and scoring[0]["max_nearest_rows"] == 5
+    assert scoring[0]["device"] == "cpu"  # the resolved device is recorded
+
+
 def test_direct_between_unrelated_models_only_when_forced(planted_bank, runner, tmp_path):
     manifest = concept_manifest(tmp_path / "data", range(6))
     common = ["--bank", planted_bank, "--trials", 2, "--candidates", 6, "--methods", "direct"]

@@ -14,7 +14,15 @@ import numpy as np
 import planted_backend as planted
 import pytest
 import soundfile
-from media_samples import ALSA_SOUNDS, FREEDESKTOP_SOUNDS, png_declaring, sample, sine
+from media_samples import (
+    ALSA_SOUNDS,
+    SPEECH,
+    STEREO_OGA,
+    assert_one_error,
+    png_declaring,
+    sample,
+    sine,
+)
 from PIL import Image
 from test_query import image_to_audio, index_planted, jsonl, run_query
 from typer.testing import CliRunner
@@ -23,8 +31,6 @@ from ucl_cli.errors import InputFileError
 from ucl_cli.media import audio as audio_module
 from ucl_cli.media import collect_media, detect_modality, load_audio, load_image, probe_audio
 
-SPEECH = ALSA_SOUNDS / "Front_Center.wav"  # 48 kHz mono PCM_16, 68,545 frames
-STEREO_OGA = FREEDESKTOP_SOUNDS / "camera-shutter.oga"  # 96 kHz stereo Vorbis, 83,734 frames
 BIGGEST_FLAC_CLAIM = 2**36 - 1  # STREAMINFO holds the total frame count in 36 bits
 
 
@@ -152,9 +158,7 @@ def test_a_lying_audio_header_gets_one_precise_error(tmp_path, capfd, maker, fro
     else:  # the header is plausible for the file's size: only decoding finds the frames missing
         assert detect_modality(path).value == "audio"
     for read in readers:
-        with pytest.raises(InputFileError) as caught:
-            read()
-        assert (caught.value.path, caught.value.reason) == (str(path), expected)
+        assert_one_error(read, path, expected)
     assert capfd.readouterr() == ("", "")  # the library never prints
 
 
@@ -403,17 +407,9 @@ def runner() -> CliRunner:
 
 @pytest.fixture
 def media_dir(tmp_path) -> Path:
-    """An image and an audio clip of each concept, as in test_query, with the audio as FLAC:
+    """An image and an audio clip of each concept, as conftest's media_dir, with the audio as FLAC:
     concept 2's FLAC streamed (length unknown), and a FLAC bomb among the candidates."""
-    root = tmp_path / "media"
-    (root / "images").mkdir(parents=True)
-    (root / "audio").mkdir()
-    for j in range(planted.CONCEPTS):
-        Image.new("RGB", (16, 16), (10 * j,) * 3).save(root / "images" / f"concept{j}.png")
-        samples = np.full(planted.SAMPLE_RATE // 4, (j + 1) / 20, dtype=np.float32)
-        soundfile.write(
-            root / "audio" / f"concept{j}.flac", samples, planted.SAMPLE_RATE, subtype="PCM_24"
-        )
+    root = planted.write_media(tmp_path / "media", audio_suffix=".flac", subtype="PCM_24")
     _unknown_length(root / "audio" / "concept2.flac")
     _flac_bomb(root / "audio")
     return root

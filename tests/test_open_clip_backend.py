@@ -18,13 +18,8 @@ from ucl_cli.encoders.checkpoints import IncompatibleWeightsError, UnsafeCheckpo
 from ucl_cli.encoders.hub import MissingModelFileError
 from ucl_cli.encoders.open_clip_backend import OpenClipEncoder
 from ucl_cli.encoders.registry import DEFAULT_IMAGE_TEXT, get_spec, list_models, load_encoder
-from ucl_cli.encoders.standins import CLIP_LOGIT_SCALE
 from ucl_cli.errors import UnknownModelError
-
-clip_root = model_fixtures.clip_root
-clip_hub = model_fixtures.clip_hub
-clip_encoder = model_fixtures.clip_encoder
-empty_hub = model_fixtures.empty_hub
+from ucl_cli.testing.standins import CLIP_LOGIT_SCALE
 
 REPO = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 
@@ -164,14 +159,5 @@ def test_hub_config_defines_the_architecture(clip_root):
 
 @pytest.mark.gpu
 def test_runs_on_cuda_with_the_same_embeddings(clip_encoder, clip_hub):
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU")
-    on_gpu = load_encoder(DEFAULT_IMAGE_TEXT, device="auto")
-    assert on_gpu.device == "cuda" and next(on_gpu.model.parameters()).is_cuda
-    images = pictures()
-    np.testing.assert_allclose(
-        on_gpu.embed("image", images), clip_encoder.embed("image", images), atol=2e-3
-    )
-    np.testing.assert_allclose(
-        on_gpu.embed("text", ["a dog"]), clip_encoder.embed("text", ["a dog"]), atol=2e-3
-    )
+    assert clip_encoder.key == DEFAULT_IMAGE_TEXT
+    model_fixtures.assert_same_on_cuda(clip_encoder, "image", pictures())

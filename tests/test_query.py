@@ -174,12 +174,31 @@ def test_topk_certifies_the_same_top_results_as_lse(bank, runner, media_dir):
         "1",
     ]
     exact = jsonl(run_query(runner, *args))
-    approx = run_query(runner, *args, "--method", "topk", "--k", "2")
+    approx = run_query(runner, *args, "--method", "topk", "--nearest", "2")
     assert approx.exit_code == 0, approx.output
     [hit] = jsonl(approx)
     assert hit["candidate"] == exact[0]["candidate"]
     assert hit["certified"] is True
     assert hit["lower"] - 1e-4 <= exact[0]["score"] <= hit["upper"] + 1e-4
+
+
+def test_the_old_k_flags_still_set_topks_nearest_rows(bank, runner, media_dir, monkeypatch):
+    # --nearest and --nearest-max were --k and --k-max (k also named the candidates' count).
+    from ucl_cli.bridge import pipeline
+
+    seen = []
+    real = pipeline.search_inputs
+
+    def spy(inputs, **kwargs):
+        seen.append(kwargs["options"].scoring)
+        return real(inputs, **kwargs)
+
+    monkeypatch.setattr(pipeline, "search_inputs", spy)
+    args = [*image_to_audio(media_dir, bank, 4), "--top", "1", "--method", "topk"]
+    for flags in (["--nearest", "2", "--nearest-max", "3"], ["--k", "2", "--k-max", "3"]):
+        result = run_query(runner, *args, *flags)
+        assert result.exit_code == 0, result.output
+    assert [(s.nearest_rows, s.max_nearest_rows) for s in seen] == [(2, 3), (2, 3)]
 
 
 def test_topk_through_an_ivf_bank_certifies_from_the_scans_ucl_index_saved(
@@ -194,7 +213,7 @@ def test_topk_through_an_ivf_bank_certifies_from_the_scans_ucl_index_saved(
     assert len(scans) == 1
     args = [*image_to_audio(media_dir, "planted-ivf", 3), "--top", "1"]
     [exact] = jsonl(run_query(runner, *args))
-    result = run_query(runner, *args, "--method", "topk", "--k", "2")
+    result = run_query(runner, *args, "--method", "topk", "--nearest", "2")
     assert result.exit_code == 0, result.output
     [hit] = jsonl(result)
     assert hit["candidate"] == exact["candidate"] and hit["candidate"].endswith("concept3.wav")

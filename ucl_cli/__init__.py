@@ -2,8 +2,9 @@
 
 Two contrastive models that share a bridge modality (CLIP: image<->text, CLAP: text<->audio) are
 combined by the Monte Carlo estimate of log p(c|a)/p(c) over a bank of bridge items
-(Che & Eysenbach, ICLR 2025, Lemma 1). See `ucl_cli.estimators` for the math and
-`ucl_cli.search` for one query run.
+(Che & Eysenbach, ICLR 2025, Lemma 1). See `ucl_cli.estimators` for the math,
+`ucl_cli.bridge` for one query run (`search`, its methods and options) and `ucl_cli.evaluation`
+for measuring retrieval (`evaluate`).
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -15,7 +16,16 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0.0.0+unknown"
 
 # The query API, imported on first use so that `import ucl_cli` (and `ucl --help`) stay light.
-_LAZY = {"search", "QueryOptions", "QueryResult", "Hit", "SearchReport", "SearchListener"}
+_LAZY = {
+    "search",
+    "QueryOptions",
+    "ScoringSettings",
+    "QueryResult",
+    "Hit",
+    "SearchReport",
+    "Listener",
+    "SearchListener",
+}
 
 __all__ = ["__version__", *sorted(_LAZY)]
 

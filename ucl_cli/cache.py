@@ -1,4 +1,4 @@
-"""Layer 5: a content-addressed cache of embeddings, so a second query over the same folder embeds
+"""A content-addressed cache of embeddings, so a second query over the same folder embeds
 nothing again (cf. llm's embeddings store and rclip's index).
 
 A vector is stored under (sha256 of the file's bytes, encoder key, digest of the encoder's
@@ -49,8 +49,9 @@ from ucl_cli.errors import InputFileError, UclError
 from ucl_cli.files import sha256_file
 
 if TYPE_CHECKING:
-    from ucl_cli.encoders.base import Encoder, Modality
+    from ucl_cli.encoders.base import Encoder
     from ucl_cli.media import SkipCallback
+    from ucl_cli.modality import Modality
 
 # Each entry migrates the schema from version i to i + 1 (PRAGMA user_version = i + 1).
 # Never edit a released entry: append a new one.
@@ -189,7 +190,9 @@ def preprocessing_digest(
 def encoder_digest(encoder: Encoder) -> str:
     """The `preprocessing` part of the keys of `encoder`'s vectors: its preprocessing, the media
     loader's version and its weights (`weights_id`, set by the registry's `load_encoder`)."""
-    from ucl_cli import media  # here, not at the top: media imports torch (for Modality)
+    # Here, not at the top: media loads soundfile, soxr and Pillow (tens of milliseconds), which
+    # `ucl cache info` and `ucl cache clear` never need.
+    from ucl_cli import media
 
     return preprocessing_digest(
         encoder.preprocessing,
@@ -558,7 +561,7 @@ def embed_files(
     strict: raise the first bad file's InputFileError; otherwise pass each to `on_skip` and
       leave it out of the result.
     """
-    from ucl_cli import media  # here, not at the top: media imports torch (for Modality)
+    from ucl_cli import media  # here, not at the top: see encoder_digest
 
     modality_name = str(getattr(modality, "value", modality))
     if loader is None:

@@ -14,7 +14,9 @@ A bank is a directory:
 Rows are aligned across files. Data files are never modified: publishing writes a new
 generation and then replaces `manifest.json` atomically, so readers and crashes only ever see
 a complete state. `load_bank` / `save_bank` read and write whole banks; `index_items` streams
-a corpus of any size into one; `builtin_bank` is the AudioSet bank `ucl query` falls back on.
+a corpus of any size into one; `builtin_bank` is the AudioSet bank `ucl query` falls back on;
+`Bank.nearest` (`ucl_cli.bank.nearest`) is the certified search over its FAISS indexes that
+`topk` asks of it.
 """
 
 from ucl_cli.bank.builtin import audioset_labels, audioset_texts, builtin_bank, builtin_bank_name

@@ -36,6 +36,7 @@ from ucl_cli.errors import BankError
 if TYPE_CHECKING:
     import faiss
 
+    from ucl_cli.bank.nearest import LazyNearest
     from ucl_cli.encoders.base import Encoder
 
 # A writer may publish between our reading the manifest and opening its files; try again then.
@@ -157,6 +158,22 @@ class Bank:
                 return index
             self._indexes[position] = index
         return self._indexes[position]
+
+    def nearest(self, model: ModelRef) -> LazyNearest:
+        """One model's certified nearest-row search (what `topk` asks of the bank). The index is
+        read on first search, so methods that never search never read it; an IVF index's scan is
+        loaded from where `ucl index` saved it (`ucl_cli.bank.nearest.scan_path`)."""
+        # Imported here: its bounds' arithmetic loads torch, which opening a bank must not.
+        from ucl_cli.bank.nearest import DEFAULT_NPROBE, CertifiedNearest, LazyNearest, scan_path
+
+        key = self.models[self.position(model)].key
+        max_norm = self.row_norm(key)  # what the manifest records: no pass over the rows
+        vectors, scan_cache = self.vectors(key), scan_path(self, key)
+
+        def search() -> CertifiedNearest:
+            return CertifiedNearest(self.index(key), vectors, DEFAULT_NPROBE, scan_cache, max_norm)
+
+        return LazyNearest(search)
 
     def index_sha256(self, model: ModelRef) -> str | None:
         """The SHA-256 the manifest records for one model's index file (a content key)."""

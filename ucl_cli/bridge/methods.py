@@ -1,60 +1,68 @@
-"""The four ways `ucl query` scores candidates, over embeddings already computed.
+"""The scoring methods, in one table: what `ucl query`, `ucl eval` and the Python API may run.
 
-Vocabulary: N queries, M bank rows, K candidates. The "query model" embeds the queries and the
-bank (e.g. CLIP: image and text); the "candidate model" embeds the bank and the candidates (e.g.
-CLAP: text and audio). All embeddings are float32 unit-norm rows, so cosine is a dot product and
-each critic value is scale * dot.
+A method is registered once, in `METHOD_TABLE`: its name and help line, its scoring function,
+whether it scores through the bank (eval measures it at every bank size), whether a pair's score
+depends on that pair alone, whether `--explain` can name the bank rows behind a score, and any
+precondition on the two models. Everything else (the CLI's choices and help, eval's plan, the
+query pipeline's dispatch) reads the table.
 
-- `lse`: the exact Monte Carlo bridge score (Lemma 1, docs/METHOD.md#the-estimator), streamed
-  over bank chunks (each chunk is a shard; `combine_partials` joins them exactly).
-- `topk`: certified bounds from the T nearest bank rows of each query (exact, one pass) and of
-  each candidate (FAISS), with T grown until the leading results are certified or a limit is
-  reached.
-- `direct`: cosine between query and candidate, defined only when one model embeds both.
-- `caption`: the two-step baseline: the query's nearest bank text, then candidates by that text.
+This module imports neither torch nor numpy, so that `ucl query --help` and the usage check on
+`--method` stay fast; the arithmetic lives in `ucl_cli.bridge.scoring`, imported on first use.
+
+Vocabulary: N queries, M bank rows, K candidates, T nearest bank rows (`topk`). The "query
+model" embeds the queries and the bank (e.g. CLIP: image and text); the "candidate model" embeds
+the bank and the candidates (e.g. CLAP: text and audio).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from ucl_cli.bank.norms import largest_row_norm
 from ucl_cli.errors import UsageError
-from ucl_cli.estimators import (
-    certify_ranking,
-    combine_partials,
-    explain_pairs,
-    partial_bridge_scores,
-    topk_bridge_bounds,
-)
-from ucl_cli.estimators.bridge import _full_precision_matmul
-from ucl_cli.estimators.explain import Explanation
-from ucl_cli.estimators.topk import (
-    GroupedRest,
-    TopEntries,
-    dot_rounding_bound,
-    rest_logmass,
-    top_entries,
-)
 
-# Bank rows scored per step: bounds memory at (N + K) * BANK_CHUNK floats whatever M is.
-BANK_CHUNK = 1 << 16
-# The first T of `topk`'s query side (exact, so a large T costs only a gather and a small
-# product); the candidates' side, through FAISS, starts at the caller's T.
-QUERY_T_START = 1024
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
-if TYPE_CHECKING:  # FAISS is imported only by the methods that search
-    from ucl_cli.bridge.certified_search import CertifiedNearest, LazyNearest, Neighbours
+    from ucl_cli.bank import Bank
+    from ucl_cli.bank.nearest import CertifiedNearest, LazyNearest
+    from ucl_cli.encoders.base import Encoder
 
     # A search over one side's bank that also bounds every row it did not return, overall and
-    # per group of rows (see certified_search).
+    # per group of rows (see ucl_cli.bank.nearest).
     NearestRows = CertifiedNearest | LazyNearest
+
+# `topk`: nearest bank rows found per candidate through FAISS (T of the candidate side).
+NEAREST_ROWS = 64
+# `topk`: most nearest bank rows used per query (the query side's T grows up to it).
+MAX_NEAREST_ROWS = 8192
+# `topk`: the query side's first T (exact, so a large T costs only a gather and a small product).
+QUERY_NEAREST_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """How every method scores, shared by `QueryOptions` and `EvalOptions` so that a setting
+    is declared, defaulted and passed on in one place.
+
+    force_direct: run `direct` even between two separately trained models.
+    nearest_rows / max_nearest_rows: `topk`'s T per candidate, and the most T per query.
+    """
+
+    device: str = "cpu"
+    force_direct: bool = False
+    nearest_rows: int = NEAREST_ROWS
+    max_nearest_rows: int = MAX_NEAREST_ROWS
+
+    def __post_init__(self) -> None:
+        if min(self.nearest_rows, self.max_nearest_rows) < 1:
+            raise UsageError(
+                f"nearest rows must be at least 1; got {self.nearest_rows} and "
+                f"{self.max_nearest_rows}"
+            )
 
 
 @dataclass(frozen=True)
@@ -70,7 +78,32 @@ class BridgeSide:
     @cached_property
     def row_norm(self) -> float:
         """What `topk`'s bounds take as the largest row norm: never assumed to be 1."""
+        from ucl_cli.bank.norms import largest_row_norm
+
         return self.max_norm if self.max_norm is not None else largest_row_norm(self.bank)
+
+
+@dataclass(frozen=True)
+class Bridge:
+    """The bank as the two models see it: the query model's side (left term of the bridge sum)
+    and the candidate model's side (right term). Fixed for a run while the queries and
+    candidates scored through it vary (eval scores many blocks through one bridge)."""
+
+    query_side: BridgeSide
+    candidate_side: BridgeSide
+
+    @classmethod
+    def of(
+        cls,
+        bank: Bank,
+        query_model: Encoder,
+        candidate_model: Encoder,
+        rows: np.ndarray | None = None,
+    ) -> Bridge:
+        """The whole bank (`rows` None) or a sub-bank of its rows, through the two models."""
+        from ucl_cli.bridge.sides import bank_side
+
+        return cls(bank_side(bank, query_model, rows), bank_side(bank, candidate_model, rows))
 
 
 @dataclass(frozen=True)
@@ -85,339 +118,191 @@ class Scores:
     bank_rows: torch.Tensor | None = None  # [N] the caption method's chosen bank row
 
 
-def lse_scores(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
-    *,
-    device: str = "cpu",
-    chunk: int = BANK_CHUNK,
-) -> Scores:
-    """Exact bridge scores, one bank chunk (shard) at a time."""
-    q = _tensor(queries, device)
-    c = _tensor(candidates, device)
-    parts = []
-    for (_, query_rows), (_, candidate_rows) in zip(
-        _bank_chunks(query_side, device, chunk),
-        _bank_chunks(candidate_side, device, chunk),
-        strict=True,
-    ):
-        left = query_side.scale * (q @ query_rows.T)
-        right = candidate_side.scale * (candidate_rows @ c.T)
-        parts.append(partial_bridge_scores(left, right))
-    values = combine_partials(parts)
-    return Scores(values, _order(values))
-
-
-def topk_scores(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
-    *,
-    top: int,
-    start_t: int = 64,
-    max_t: int = 8192,
-    device: str = "cpu",
-) -> Scores:
-    """Certified top-T bounds. Until the first `top` positions are certified, each round grows
-    the queries' T 4x (up to `max_t`) and visits 4x more lists for the candidates whose bounds
-    block those positions; it stops when a round no longer helps (no more positions certified
-    and the widest leading bound not even halved) or nothing is left to grow.
-
-    The query side is computed exactly, in one pass over the bank (N queries are few; this is
-    the cheap side of the bridge): its top T rows, and the exact mass of its row outside them
-    in each IVF list, which bounds the unknown part of the sum (`GroupedRest`). The candidate
-    side, thousands of candidates, goes through the FAISS index: each candidate's T nearest bank
-    rows and certified ceilings on every other row, per list.
-    """
-    nearest = candidate_side.nearest
-    if nearest is None:
-        raise UsageError("the topk method needs a nearest-neighbour index on the candidate side")
-    with _full_precision_matmul():  # the rounding bounds assume true float32 products
-        return _topk_rounds(
-            queries, candidates, query_side, candidate_side, top, start_t, max_t, device
-        )
-
-
-def _topk_rounds(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
-    top: int,
-    start_t: int,
-    max_t: int,
-    device: str,
-) -> Scores:
-    nearest = candidate_side.nearest
-    limits = PathLimits.of(queries, candidates, query_side, candidate_side)
-    left = _full_left(_tensor(queries, device), query_side, device)  # [N, M]
-    bank_size = left.shape[1]
-    needed = min(top, candidates.shape[0])
-    # The candidates are searched with T = start_t. Two things then grow, each where it helps:
-    # the queries' T (cheap: a top-k over rows already computed, so it starts larger), and the
-    # lists visited for just the candidates whose bounds still block the leading positions.
-    t_candidates = min(start_t, bank_size)
-    found = nearest(candidates, t_candidates)
-    nprobe = np.full(candidates.shape[0], nearest.default_nprobe())
-    t = min(max(start_t, QUERY_T_START), max_t, bank_size)
-    previous: tuple[int, float] | None = None
-    while True:
-        scores = _bounded_scores(
-            left, candidates, found, query_side, candidate_side, t, limits, device
-        )
-        leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
-        width = _leading_width(scores, needed)
-        if leading >= needed:
-            return scores
-        if previous is not None and leading <= previous[0] and width > 0.5 * previous[1]:
-            return scores  # growing no longer tightens the bounds
-        blocking = _blocking(scores, needed) & (nprobe < nearest.lists())
-        if t >= min(max_t, bank_size) and not blocking.any():
-            return scores
-        previous = (leading, width)
-        t = min(t * 4, max_t, bank_size)
-        nprobe[blocking] = np.minimum(nprobe[blocking] * 4, nearest.lists())
-        for value in np.unique(nprobe[blocking]):
-            which = np.flatnonzero(blocking & (nprobe == value))
-            found = found.with_rows(which, nearest(candidates[which], t_candidates, int(value)))
-
-
-def _blocking(scores: Scores, needed: int) -> np.ndarray:
-    """[K] candidates whose bounds keep the first `needed` positions of some query uncertain:
-    those among them not certified, and those below whose upper bound reaches the lowest lower
-    bound among them."""
-    order = scores.order[:, :needed]
-    lower_top = scores.lower.gather(1, order)
-    threshold = lower_top.min(dim=1, keepdim=True).values  # [N, 1]
-    intruding = scores.upper >= threshold  # [N, K], includes the leading ones themselves
-    uncertain_top = torch.zeros_like(intruding)
-    uncertain_top.scatter_(1, order, ~scores.certified[:, :needed])
-    leading = torch.zeros_like(intruding)
-    leading.scatter_(1, order, True)
-    blocking = (intruding & ~leading) | uncertain_top
-    return blocking.any(dim=0).cpu().numpy()
-
-
-def _leading_width(scores: Scores, needed: int) -> float:
-    """The widest bound among the first `needed` positions of any query (nats)."""
-    width = (scores.upper - scores.lower).gather(1, scores.order[:, :needed])
-    return float(width.max()) if width.numel() else 0.0
+# (bridge, queries [N, d1], candidates [K, d2], settings, top) -> Scores. `top`: the leading
+# positions that must be right (results per query; eval's largest recall cut-off).
+ScoreFunction = Callable[["Bridge", "np.ndarray", "np.ndarray", ScoringSettings, int], Scores]
+# (query model, candidate model, settings) -> why the method cannot rank between these two
+# models (None: it can). Raises UsageError where even forcing cannot help.
+Precondition = Callable[["Encoder", "Encoder", ScoringSettings], "str | None"]
 
 
 @dataclass(frozen=True)
-class PathLimits:
-    """What the products' magnitudes and rounding allow `topk`'s bounds to assume.
+class Method:
+    """One entry of the table. `pairwise`: a pair's score depends on that pair alone, so eval
+    may score many trials in one matrix (`topk` grows T until a trial's leaders are certified,
+    so it is scored one trial at a time)."""
 
-    By Cauchy-Schwarz no critic value is below -scale ||q|| ||x||, with the largest norms of the
-    queries (candidates) and of the bank rows (`BridgeSide.row_norm`: rows are never assumed
-    unit). Every value is a float32 product scaled in float32, so it is within
-    scale gamma_{D+2} ||q|| ||x|| of the exact one (`dot_rounding_bound`); `value_error` is
-    that for the two sides together, by which the bounds are widened.
-    """
+    name: str
+    summary: str  # one line of `--method` help
+    score: ScoreFunction
+    through_bank: bool = True  # scores through the bank: eval measures it at every bank size
+    pairwise: bool = True
+    explains: bool = False  # `--explain` can name the bank rows that carried a score
+    precondition: Precondition | None = None
 
-    left_floor: float
-    right_floor: float
-    value_error: float
+    def refusal(
+        self, query_model: Encoder, candidate_model: Encoder, settings: ScoringSettings
+    ) -> str | None:
+        """Why this method will not rank between these models (None: it will)."""
+        if self.precondition is None:
+            return None
+        return self.precondition(query_model, candidate_model, settings)
 
-    @classmethod
-    def of(
-        cls,
-        queries: np.ndarray,
-        candidates: np.ndarray,
-        query_side: BridgeSide,
-        candidate_side: BridgeSide,
-    ) -> PathLimits:
-        left = query_side.scale * _largest_norm(queries) * query_side.row_norm
-        right = candidate_side.scale * _largest_norm(candidates) * candidate_side.row_norm
-        error = left * dot_rounding_bound(queries.shape[1] + 2) + right * dot_rounding_bound(
-            candidates.shape[1] + 2
+    def forced(
+        self, query_model: Encoder, candidate_model: Encoder, settings: ScoringSettings
+    ) -> bool:
+        """Whether it runs here only because `force_direct` overrides its refusal."""
+        if not settings.force_direct:
+            return False
+        unforced = replace(settings, force_direct=False)
+        return self.refusal(query_model, candidate_model, unforced) is not None
+
+
+def check_direct(
+    query_model: Encoder, candidate_model: Encoder, settings: ScoringSettings
+) -> str | None:
+    """Direct comparison is Bayes-consistent only inside one trained space
+    (docs/METHOD.md#when-direct-is-valid)."""
+    if query_model.key == candidate_model.key:
+        return None
+    if not settings.force_direct:
+        return (
+            f"direct comparison needs one model that embeds both modalities; {query_model.key} "
+            f"and {candidate_model.key} were trained separately, so the cosine between their "
+            "embeddings is meaningless (Che & Eysenbach, ICLR 2025, Lemma 2); --force-direct "
+            "computes it anyway"
         )
-        return cls(left_floor=-left, right_floor=-right, value_error=error)
-
-
-def _largest_norm(vectors: np.ndarray) -> float:
-    return largest_row_norm(np.asarray(vectors)) if len(vectors) else 0.0
-
-
-def _bounded_scores(
-    left: torch.Tensor,
-    candidates: np.ndarray,
-    found: Neighbours,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
-    t: int,
-    limits: PathLimits,
-    device: str,
-) -> Scores:
-    left_top = top_entries(left, t)  # the T-th value bounds every other row
-    scale = candidate_side.scale
-    right_top = _scaled_top(found.values, found.rows, found.ceiling, scale, device)
-    c = _tensor(candidates, device)
-    # right[I_n[t], k]: the N*T bank rows of the queries' top lists against every candidate.
-    listed = left_top.indices.reshape(-1).cpu().numpy()
-    query_bank_rows = _tensor(candidate_side.bank[listed], device)
-    right_at_left_top = scale * (query_bank_rows @ c.T).reshape(*left_top.indices.shape, -1)
-    left_at_right_top = left[:, right_top.indices]  # [N, K, T]
-    rest = _grouped_rest(left, left_top.indices, found, candidate_side, candidates, device)
-    bounds = topk_bridge_bounds(
-        left_top,
-        right_top,
-        right_at_left_top,
-        left_at_right_top,
-        bank_size=left.shape[1],
-        left_floor=limits.left_floor,
-        right_floor=limits.right_floor,
-        rest=rest,
-        value_error=limits.value_error,
-    )
-    ranking = certify_ranking(bounds)
-    return Scores(
-        bounds.estimate,
-        ranking.order,
-        certified=ranking.certified,
-        lower=bounds.lower,
-        upper=bounds.upper,
-    )
-
-
-def _grouped_rest(
-    left: torch.Tensor,
-    listed: torch.Tensor,
-    found: Neighbours,
-    candidate_side: BridgeSide,
-    candidates: np.ndarray,
-    device: str,
-) -> GroupedRest:
-    """The unknown bank rows, by IVF list of the candidate side's index, bounded two ways: each
-    query's exact mass in the list times the candidate's ceiling there, and (IVF only) the
-    query's mass with each row's distance to its centroid folded in times s2 <y_k, c_g>."""
-    scale = candidate_side.scale
-    groups, num_groups = candidate_side.nearest.row_groups()
-    groups = torch.as_tensor(groups, device=device)
-    ways = [
-        (
-            rest_logmass(left, listed, groups, num_groups),
-            torch.as_tensor(found.group_ceiling * scale, device=device),
+    if query_model.dim != candidate_model.dim:
+        raise UsageError(
+            f"--force-direct: {query_model.key} has dim {query_model.dim} but "
+            f"{candidate_model.key} has dim {candidate_model.dim}; there is no cosine to compute"
         )
-    ]
-    distances = candidate_side.nearest.row_distances()
-    if found.centroid_products is not None and distances is not None:
-        # <y, x_m> <= <y, c_g> + ||y|| d_m; ||y|| <= the largest candidate norm (1 for unit rows).
-        allowance = scale * float(np.linalg.norm(candidates, axis=1).max()) * distances
-        allowance = torch.as_tensor(allowance, dtype=torch.float64, device=device)
-        spread_mass = rest_logmass(left, listed, groups, num_groups, allowance)
-        centre = torch.as_tensor(found.centroid_products * scale, device=device)
-        ways.append((spread_mass, centre))
-    return GroupedRest(tuple(ways))
+    return None
 
 
-def _full_left(q: torch.Tensor, side: BridgeSide, device: str) -> torch.Tensor:
-    """scale * <q, bank row> for every bank row, [N, M], one chunk of the (memory-mapped) bank
-    at a time: on CPU straight from the map (NumPy reads a read-only map without a copy), on a
-    GPU copied over chunk by chunk instead of the whole matrix."""
-    bank = side.bank
-    if q.device.type == "cpu" and isinstance(bank, np.ndarray) and bank.dtype == np.float32:
-        queries = q.numpy()
-        out = np.empty((q.shape[0], len(bank)), dtype=np.float32)
-        for m0 in range(0, len(bank), BANK_CHUNK):
-            chunk = bank[m0 : m0 + BANK_CHUNK]
-            out[:, m0 : m0 + len(chunk)] = queries @ chunk.T
-        return side.scale * torch.from_numpy(out)
-    parts = [q @ rows.T for _, rows in _bank_chunks(side, device)]
-    return side.scale * torch.cat(parts, dim=1)
+# The scoring functions as the table calls them; each imports the arithmetic (torch) on use.
 
 
-def _bank_chunks(
-    side: BridgeSide, device: str, chunk: int = BANK_CHUNK
-) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first row, rows) of the (memory-mapped) bank, `chunk` rows at a time, as float32 tensors
-    on `device`: memory stays bounded by one chunk whatever the bank's size."""
-    for m0 in range(0, len(side.bank), chunk):
-        yield m0, _tensor(side.bank[m0 : m0 + chunk], device)
-
-
-def _scaled_top(
-    values: np.ndarray, rows: np.ndarray, ceiling: np.ndarray, scale: float, device: str
-) -> TopEntries:
-    return TopEntries(
-        _tensor(values, device) * scale,
-        torch.as_tensor(rows, device=device),
-        torch.as_tensor(ceiling * scale, dtype=torch.float64, device=device),  # not rounded down
-    )
-
-
-def direct_scores(queries: np.ndarray, candidates: np.ndarray, *, device: str = "cpu") -> Scores:
-    """Cosine between query and candidate embeddings of ONE shared space."""
-    values = _tensor(queries, device) @ _tensor(candidates, device).T
-    return Scores(values, _order(values))
-
-
-def caption_scores(
+def _lse(
+    bridge: Bridge,
     queries: np.ndarray,
     candidates: np.ndarray,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
-    *,
-    device: str = "cpu",
-    chunk: int = BANK_CHUNK,
-) -> Scores:
-    """Pick each query's best bank row, then rank candidates against that row (scaled)."""
-    q = _tensor(queries, device)
-    best_value = torch.full((q.shape[0],), -torch.inf, device=device)
-    best_row = torch.zeros(q.shape[0], dtype=torch.long, device=device)
-    for m0, rows in _bank_chunks(query_side, device, chunk):
-        value, row = (q @ rows.T).max(dim=1)
-        better = value > best_value
-        best_value = torch.where(better, value, best_value)
-        best_row = torch.where(better, row + m0, best_row)
-    captions = _tensor(candidate_side.bank[best_row.cpu().numpy()], device)
-    values = candidate_side.scale * (captions @ _tensor(candidates, device).T)
-    return Scores(values, _order(values), bank_rows=best_row)
-
-
-def explain(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
-    pairs: list[tuple[int, int]],
+    settings: ScoringSettings,
     top: int,
-    *,
-    device: str = "cpu",
-) -> Explanation:
-    """Bridge weights and ESS for (query, candidate) pairs; only the pairs' columns are built."""
-    rows = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
-    cols = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
-    wanted = sorted({p[1] for p in pairs})
-    column_of = {k: i for i, k in enumerate(wanted)}
-    left = _full_left(_tensor(queries, device), query_side, device)  # [N, M]
-    right = _full_left(_tensor(candidates[wanted], device), candidate_side, device).T  # [M, K']
-    local_cols = torch.tensor([column_of[int(k)] for k in cols], dtype=torch.long, device=device)
-    return explain_pairs(left, right, rows, local_cols, top=top)
+) -> Scores:
+    from ucl_cli.bridge.scoring import lse_scores
+
+    return lse_scores(bridge, queries, candidates, device=settings.device)
 
 
-def _order(values: torch.Tensor) -> torch.Tensor:
-    return values.argsort(dim=1, descending=True, stable=True)
+def _topk(
+    bridge: Bridge,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    settings: ScoringSettings,
+    top: int,
+) -> Scores:
+    from ucl_cli.bridge.scoring import topk_scores
+
+    return topk_scores(
+        bridge,
+        queries,
+        candidates,
+        top=top,
+        nearest_rows=settings.nearest_rows,
+        max_nearest_rows=settings.max_nearest_rows,
+        device=settings.device,
+    )
 
 
-def _tensor(array: np.ndarray, device: str) -> torch.Tensor:
-    """A float32 tensor on `device`; bank matrices are read-only memory maps, so copy those."""
-    array = np.asarray(array, dtype=np.float32)
-    if not array.flags.writeable or not array.flags.c_contiguous:
-        array = np.array(array, dtype=np.float32, order="C")
-    return torch.from_numpy(array).to(device)
+def _direct(
+    bridge: Bridge,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    settings: ScoringSettings,
+    top: int,
+) -> Scores:
+    from ucl_cli.bridge.scoring import direct_scores
+
+    return direct_scores(queries, candidates, device=settings.device)
+
+
+def _caption(
+    bridge: Bridge,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    settings: ScoringSettings,
+    top: int,
+) -> Scores:
+    from ucl_cli.bridge.scoring import caption_scores
+
+    return caption_scores(bridge, queries, candidates, device=settings.device)
+
+
+# The one place a method is registered; the first is the default.
+METHOD_TABLE: dict[str, Method] = {
+    method.name: method
+    for method in (
+        Method(
+            name="lse",
+            summary="exact Monte Carlo bridge score (default)",
+            score=_lse,
+            explains=True,
+        ),
+        Method(
+            name="topk",
+            summary="certified bounds on the lse score from the T nearest bank rows, through "
+            "the FAISS indexes",
+            score=_topk,
+            pairwise=False,
+            explains=True,
+        ),
+        Method(
+            name="direct",
+            summary="cosine, only for one shared model",
+            score=_direct,
+            through_bank=False,
+            precondition=check_direct,
+        ),
+        Method(
+            name="caption",
+            summary="nearest bank text, then candidates against it",
+            score=_caption,
+        ),
+    )
+}
+METHOD_NAMES: tuple[str, ...] = tuple(METHOD_TABLE)
+DEFAULT_METHOD = METHOD_NAMES[0]
+
+
+def method_named(name: str) -> Method:
+    """The table's entry for `name`, or a UsageError listing the choices."""
+    try:
+        return METHOD_TABLE[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown method {name!r}; choose one of: {', '.join(METHOD_NAMES)}"
+        ) from None
+
+
+def methods_help() -> str:
+    """`--method` help: every method's name and summary, in table order."""
+    return "; ".join(f"{m.name}: {m.summary}" for m in METHOD_TABLE.values()) + "."
 
 
 __all__ = [
-    "BANK_CHUNK",
+    "DEFAULT_METHOD",
+    "MAX_NEAREST_ROWS",
+    "METHOD_NAMES",
+    "METHOD_TABLE",
+    "NEAREST_ROWS",
+    "QUERY_NEAREST_ROWS",
+    "Bridge",
     "BridgeSide",
+    "Method",
     "Scores",
-    "caption_scores",
-    "direct_scores",
-    "explain",
-    "lse_scores",
-    "topk_scores",
+    "ScoringSettings",
+    "check_direct",
+    "method_named",
+    "methods_help",
 ]

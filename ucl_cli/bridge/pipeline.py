@@ -11,17 +11,23 @@ one bad file does not sink a batch; `strict` raises the first instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ucl_cli.bank import Bank
-from ucl_cli.bridge import methods
-from ucl_cli.bridge.methods import BridgeSide, Scores
-from ucl_cli.bridge.sides import bank_side
+from ucl_cli.bridge.listener import Listener
+from ucl_cli.bridge.methods import (
+    DEFAULT_METHOD,
+    Bridge,
+    Method,
+    Scores,
+    ScoringSettings,
+    method_named,
+)
 from ucl_cli.cache import EmbeddingCache, embed_files, open_cache
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
@@ -30,23 +36,18 @@ from ucl_cli.modality import Modality
 if TYPE_CHECKING:
     from ucl_cli.media.collect import QueryInputs
 
-Method = Literal["lse", "topk", "direct", "caption"]
-METHODS: tuple[str, ...] = ("lse", "topk", "direct", "caption")
-
 
 @dataclass(frozen=True)
 class QueryOptions:
-    """How to score. `top=None` keeps every candidate; `explain` bank items per hit."""
+    """How to score. `top=None` keeps every candidate; `explain` bank items per hit; `scoring`:
+    the settings `ucl eval` shares (device, force_direct, topk's nearest rows)."""
 
-    method: Method = "lse"
+    method: str = DEFAULT_METHOD
     top: int | None = 10
     explain: int = 0
     strict: bool = False
-    force_direct: bool = False
     batch_size: int | None = None
-    device: str = "cpu"
-    topk_start: int = 64  # topk: nearest bank rows found per candidate (`--k`)
-    topk_max: int = 8192  # topk: most top bank rows used per query (`--k-max`)
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
 
 @dataclass(frozen=True)
@@ -94,16 +95,6 @@ class SearchReport:
     cached: int = 0  # files whose embeddings came from the cache
 
 
-@dataclass
-class SearchListener:
-    """Hooks the CLI uses for progress and warnings; the library itself never prints."""
-
-    on_skip: Callable[[InputFileError], None] | None = None  # a candidate left out
-    on_query_skip: Callable[[InputFileError], None] | None = None  # a query left out
-    on_stage: Callable[[str, int], None] | None = None  # (description, total items)
-    on_advance: Callable[[int], None] | None = None
-
-
 def search(
     queries: Sequence[str | Path],
     candidates: Sequence[str | Path],
@@ -112,14 +103,14 @@ def search(
     bank: Bank,
     options: QueryOptions | None = None,
     cache: EmbeddingCache | None = None,
-    listener: SearchListener | None = None,
+    listener: Listener | None = None,
 ) -> SearchReport:
     """Rank `candidates` for each of `queries` through `bank` with the given encoders."""
     from ucl_cli.media.collect import collect_query_inputs
 
     options = options or QueryOptions()
-    listener = listener or SearchListener()
-    _check_method(options)
+    listener = listener or Listener()
+    method_named(options.method)  # an unknown method fails before any file is read
     inputs = collect_query_inputs(
         queries,
         candidates,
@@ -139,14 +130,14 @@ def search_inputs(
     bank: Bank,
     options: QueryOptions | None = None,
     cache: EmbeddingCache | None = None,
-    listener: SearchListener | None = None,
+    listener: Listener | None = None,
 ) -> SearchReport:
     """`search` on inputs `collect_query_inputs` has already checked (as `ucl query` does, before
     it loads the models). A query that fails to decode is left out like one that failed its
     check: every query ends up in `results` or in `failed_queries`."""
     options = options or QueryOptions()
-    listener = listener or SearchListener()
-    _check_method(options)
+    listener = listener or Listener()
+    chosen = method_named(options.method)
     query_files, candidate_modality = inputs.queries, inputs.candidate_modality
     bank.check_models(encoders)
     own_cache = cache is None
@@ -161,10 +152,9 @@ def search_inputs(
             paths = [f.path for f in query_files.files if f.modality == query_modality]
             report.results.extend(
                 _search_one_direction(
+                    _Direction(query_modality, candidate_modality, chosen),
                     paths,
-                    query_modality,
                     inputs.candidates.paths,
-                    candidate_modality,
                     encoders,
                     bank,
                     options,
@@ -181,26 +171,33 @@ def search_inputs(
     return report
 
 
-def _check_method(options: QueryOptions) -> None:
-    if options.method not in METHODS:
-        raise UsageError(f"unknown method {options.method!r}; choose one of: {', '.join(METHODS)}")
+@dataclass(frozen=True)
+class _Direction:
+    """Queries of one modality ranking candidates of another, by one method."""
+
+    query: Modality
+    candidate: Modality
+    method: Method
 
 
 def _search_one_direction(
+    direction: _Direction,
     query_paths: list[Path],
-    query_modality: Modality,
     candidate_paths: list[Path],
-    candidate_modality: Modality,
     encoders: Sequence[Encoder],
     bank: Bank,
     options: QueryOptions,
     cache: EmbeddingCache,
-    listener: SearchListener,
+    listener: Listener,
     report: SearchReport,
 ) -> list[QueryResult]:
-    bridge = Modality(bank.modality)
-    query_model = encoder_for(encoders, query_modality, bridge)
-    candidate_model = encoder_for(encoders, candidate_modality, bridge)
+    query_modality, candidate_modality = direction.query, direction.candidate
+    through = Modality(bank.modality)
+    query_model = encoder_for(encoders, query_modality, through)
+    candidate_model = encoder_for(encoders, candidate_modality, through)
+    refusal = direction.method.refusal(query_model, candidate_model, options.scoring)
+    if refusal is not None:
+        raise UsageError(f"{refusal}; or use --method {DEFAULT_METHOD}")
     query_embeddings = _embed(
         query_model, query_modality, query_paths, cache, options, listener, report, query=True
     )
@@ -213,28 +210,15 @@ def _search_one_direction(
     if not kept_candidates:
         raise UsageError("every candidate file was skipped: nothing to rank")
     report.candidates = len(kept_candidates)
-    query_side = bank_side(bank, query_model, None)
-    candidate_side = bank_side(bank, candidate_model, None)
-    scores = _score(
-        query_embeddings.vectors,
-        candidate_embeddings.vectors,
-        query_side,
-        candidate_side,
-        query_model,
-        candidate_model,
-        options,
-    )
+    bridge = Bridge.of(bank, query_model, candidate_model)
+    queries, candidates = query_embeddings.vectors, candidate_embeddings.vectors
     top = len(kept_candidates) if options.top is None else min(options.top, len(kept_candidates))
-    explanations = _explanations(
-        query_embeddings.vectors,
-        candidate_embeddings.vectors,
-        query_side,
-        candidate_side,
-        scores,
-        top,
-        bank,
-        options,
-    )
+    # the leading positions that must be right: topk certifies them (all of them with top=None)
+    certify = options.top or len(kept_candidates)
+    scores = direction.method.score(bridge, queries, candidates, options.scoring, certify)
+    explanations = {}
+    if options.explain > 0 and direction.method.explains:
+        explanations = _explanations(bridge, queries, candidates, scores, top, bank, options)
     results = []
     for n, query in enumerate(query_embeddings.paths):
         hits = []
@@ -260,88 +244,25 @@ def _search_one_direction(
     return results
 
 
-def _score(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
-    query_model: Encoder,
-    candidate_model: Encoder,
-    options: QueryOptions,
-) -> Scores:
-    device = options.device
-    if options.method == "lse":
-        return methods.lse_scores(queries, candidates, query_side, candidate_side, device=device)
-    if options.method == "topk":
-        return methods.topk_scores(
-            queries,
-            candidates,
-            query_side,
-            candidate_side,
-            top=options.top or candidates.shape[0],
-            start_t=options.topk_start,
-            max_t=options.topk_max,
-            device=device,
-        )
-    if options.method == "caption":
-        return methods.caption_scores(
-            queries, candidates, query_side, candidate_side, device=device
-        )
-    _check_direct(query_model, candidate_model, queries, candidates, options.force_direct)
-    return methods.direct_scores(queries, candidates, device=device)
-
-
-def _check_direct(
-    query_model: Encoder,
-    candidate_model: Encoder,
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    forced: bool,
-) -> None:
-    """Direct comparison is Bayes-consistent only inside one trained space
-    (docs/METHOD.md#when-direct-is-valid)."""
-    if query_model.key == candidate_model.key:
-        return
-    if not forced:
-        raise UsageError(
-            f"direct comparison needs one model that embeds both modalities; {query_model.key} "
-            f"and {candidate_model.key} were trained separately, so the cosine between their "
-            "embeddings is meaningless (Che & Eysenbach, ICLR 2025, Lemma 2). Use --method lse, or "
-            "--force-direct to compute it anyway"
-        )
-    if queries.shape[1] != candidates.shape[1]:
-        raise UsageError(
-            f"--force-direct: {query_model.key} has dim {queries.shape[1]} but "
-            f"{candidate_model.key} has dim {candidates.shape[1]}; there is no cosine to compute"
-        )
-
-
 def _explanations(
+    bridge: Bridge,
     queries: np.ndarray,
     candidates: np.ndarray,
-    query_side: BridgeSide,
-    candidate_side: BridgeSide,
     scores: Scores,
     top: int,
     bank: Bank,
     options: QueryOptions,
 ) -> dict[tuple[int, int], tuple[tuple[BridgeWeight, ...], float]]:
-    if options.explain <= 0 or options.method in ("direct", "caption"):
-        return {}
+    """The bank rows that carried each shown (query, candidate) pair's score, and its ESS."""
+    from ucl_cli.bridge.scoring import explain
+
     pairs = [
         (n, int(scores.order[n, position]))
         for n in range(queries.shape[0])
         for position in range(top)
     ]
-    explanation = methods.explain(
-        queries,
-        candidates,
-        query_side,
-        candidate_side,
-        pairs,
-        options.explain,
-        device=options.device,
-    )
+    device = options.scoring.device
+    explanation = explain(bridge, queries, candidates, pairs, options.explain, device=device)
     out = {}
     for p, pair in enumerate(pairs):
         # A pair with no finite path lists no rows (NO_ROW, weight 0): nothing carried it.
@@ -367,17 +288,14 @@ def _embed(
     paths: list[Path],
     cache: EmbeddingCache,
     options: QueryOptions,
-    listener: SearchListener,
+    listener: Listener,
     report: SearchReport,
     *,
     query: bool = False,
 ):
     """Embed through the cache; a file that fails to decode is left out (queries into
     `failed_queries`, candidates into `skipped`), or raised with `strict`."""
-    if listener.on_stage is not None:
-        listener.on_stage(
-            f"embedding {len(paths)} {modality.value} files with {encoder.key}", len(paths)
-        )
+    listener.stage(f"embedding {len(paths)} {modality.value} files with {encoder.key}", len(paths))
     embedded = embed_files(
         encoder,
         modality,

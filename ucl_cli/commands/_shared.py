@@ -5,8 +5,9 @@ registered)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -14,6 +15,7 @@ from rich.console import Console
 if TYPE_CHECKING:
     from ucl_cli.bank import Bank
     from ucl_cli.bank.catalog import BankChoice
+    from ucl_cli.bridge.methods import ScoringSettings
     from ucl_cli.encoders.base import Encoder
 
 
@@ -62,16 +64,6 @@ BANK = typer.Option(
 BATCH_SIZE = typer.Option(
     None, "--batch-size", min=1, metavar="N", help="Files embedded per batch.", show_default=False
 )
-TOPK_K = typer.Option(
-    64, "--k", min=1, metavar="N", help="topk: nearest bank rows found per candidate (FAISS)."
-)
-TOPK_K_MAX = typer.Option(
-    8192,
-    "--k-max",
-    min=1,
-    metavar="N",
-    help="topk: most top bank rows used per query (from 1,024 up).",
-)
 NO_CACHE = typer.Option(
     False, "--no-cache", help="Neither read nor write the embedding cache (or UCL_NO_CACHE=1)."
 )
@@ -82,6 +74,90 @@ ALLOW_OTHER_WEIGHTS = typer.Option(
     "--allow-other-weights",
     help="Use a bank whose vectors were made by other weights of the same models.",
 )
+
+
+def nearest_options() -> tuple[Any, Any, Any, Any]:
+    """topk's flags, for `query` and `eval`: --nearest, --nearest-max, and their old spellings
+    --k and --k-max, still read but not shown (`k` also named the number of candidates). Made
+    on call, with the method table's defaults: `ucl index` imports this module but not the
+    query layer."""
+    from ucl_cli.bridge.methods import MAX_NEAREST_ROWS, NEAREST_ROWS, QUERY_NEAREST_ROWS
+
+    return (
+        typer.Option(
+            NEAREST_ROWS,
+            "--nearest",
+            min=1,
+            metavar="N",
+            help="topk: nearest bank rows found per candidate (FAISS).",
+        ),
+        typer.Option(
+            MAX_NEAREST_ROWS,
+            "--nearest-max",
+            min=1,
+            metavar="N",
+            help=f"topk: most nearest bank rows used per query (from {QUERY_NEAREST_ROWS:,} up).",
+        ),
+        typer.Option(None, "--k", min=1, metavar="N", hidden=True),
+        typer.Option(None, "--k-max", min=1, metavar="N", hidden=True),
+    )
+
+
+def scoring_settings(
+    device: str,
+    *,
+    force_direct: bool,
+    nearest: int,
+    nearest_max: int,
+    old_nearest: int | None = None,
+    old_nearest_max: int | None = None,
+) -> ScoringSettings:
+    """The scoring flags `query` and `eval` share; an old spelling (--k, --k-max), when given,
+    wins. A limit below the start means no growth: it is raised to the start."""
+    from ucl_cli.bridge.methods import ScoringSettings
+
+    rows = nearest if old_nearest is None else old_nearest
+    most = nearest_max if old_nearest_max is None else old_nearest_max
+    return ScoringSettings(
+        device=device,
+        force_direct=force_direct,
+        nearest_rows=rows,
+        max_nearest_rows=max(rows, most),
+    )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What `query` and `eval` run with: the models, on the resolved device, and the bank."""
+
+    encoders: list[Encoder]
+    bank: Bank
+    device: str
+
+
+def load_models_and_bank(
+    bank: str | None,
+    *,
+    image_text_model: str | None,
+    text_audio_model: str | None,
+    weights: Sequence[Path | None],
+    device: str,
+    allow_other_weights: bool,
+    console: Console,
+) -> Loaded:
+    """The preamble `query` and `eval` share: choose the bank (--bank > UCL_BANK > default >
+    built-in) and say so before anything slow, resolve the device, load the models (the
+    bank's unless named; `weights` per model) and open the bank for them."""
+    from ucl_cli.bank.catalog import choose_bank
+    from ucl_cli.config import resolve_device
+
+    choice = choose_bank(bank)
+    announce_bank(choice, console)
+    resolved = resolve_device(device)
+    keys = model_keys(choice.path, image_text_model, text_audio_model)
+    encoders = load_encoders(keys, resolved, console, weights)
+    opened = open_bank(choice.path, encoders, console, allow_other_weights=allow_other_weights)
+    return Loaded(encoders, opened, resolved)
 
 
 def load_encoder(key: str, *, device: str, weights: Path | None = None) -> Encoder:
@@ -105,7 +181,7 @@ def load_encoders(
     """Load the models; say once, on stderr, when any of them is a random-weight stand-in."""
     from rich.markup import escape
 
-    from ucl_cli.encoders.standins import standin_warning
+    from ucl_cli.encoders.standin_marks import standin_warning
 
     with console.status(f"loading {', '.join(keys)} on {device}"):
         encoders = [

@@ -25,7 +25,7 @@ def doctor() -> None:
     stand-ins (rankings with them are meaningless), `missing` otherwise, with the files and the
     command that fetches them."""
     from ucl_cli.encoders import hub
-    from ucl_cli.encoders.standins import standin_warning
+    from ucl_cli.encoders.standin_marks import standin_warning
     from ucl_cli.encoders.status import (
         all_model_status,
         device_status,

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ucl_cli.bridge.methods import METHOD_NAMES
 from ucl_cli.commands._help import UclCommand, examples
 from ucl_cli.commands._shared import (
     ALLOW_OTHER_WEIGHTS,
@@ -25,15 +26,18 @@ from ucl_cli.commands._shared import (
     NO_CACHE,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
-    TOPK_K,
-    TOPK_K_MAX,
+    load_models_and_bank,
+    nearest_options,
+    scoring_settings,
 )
 from ucl_cli.files import write_json_file
 
+NEAREST, NEAREST_MAX, OLD_NEAREST, OLD_NEAREST_MAX = nearest_options()
+
 if TYPE_CHECKING:
+    from ucl_cli.bridge.listener import Listener
     from ucl_cli.commands._progress import ProgressView
     from ucl_cli.errors import InputFileError
-    from ucl_cli.evaluation import EvalListener
 
 # Leaked bank rows and skipped items named one by one on stderr; the rest are counted.
 SHOWN = 5
@@ -67,7 +71,7 @@ def evaluate_command(
         0, "--seed", metavar="N", help="Seed of the trials and of the sub-banks."
     ),
     methods: str = typer.Option(
-        "lse,topk,direct,caption",
+        ",".join(METHOD_NAMES),
         "--methods",
         "-m",
         metavar="METHOD,...",
@@ -114,8 +118,10 @@ def evaluate_command(
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Measure direct cosine even between unrelated models."
     ),
-    k: int = TOPK_K,
-    k_max: int = TOPK_K_MAX,
+    nearest: int = NEAREST,
+    nearest_max: int = NEAREST_MAX,
+    old_nearest: int | None = OLD_NEAREST,
+    old_nearest_max: int | None = OLD_NEAREST_MAX,
     image_text_model: str | None = IMAGE_TEXT_MODEL,
     text_audio_model: str | None = TEXT_AUDIO_MODEL,
     image_text_weights: Path | None = IMAGE_TEXT_WEIGHTS,
@@ -129,11 +135,10 @@ def evaluate_command(
     allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
 ) -> None:
     """Measure recall@k (fair ties), mean rank and 95% intervals of each method on paired data."""
-    from ucl_cli.bank.catalog import choose_bank
+    from dataclasses import replace
+
     from ucl_cli.cache import open_cache
     from ucl_cli.commands._progress import ProgressView
-    from ucl_cli.commands._shared import announce_bank, load_encoders, model_keys, open_bank
-    from ucl_cli.config import resolve_device
     from ucl_cli.evaluation import (
         EvalOptions,
         evaluate,
@@ -152,21 +157,30 @@ def evaluate_command(
         direction=parse_direction(direction),
         ks=tuple(sorted(parse_ints(recall_at, flag="--recall-at"))),
         allow_leak=allow_leak,
-        force_direct=force_direct,
         strict=strict,
-        device=resolve_device(device),
         batch_size=batch_size,
-        topk_start=k,
-        topk_max=max(k, k_max),
-    )
+    )  # checked before anything slow; the scoring settings wait for the resolved device
     pairs = read_pairs(manifest)
     stderr = Console(stderr=True, highlight=False)
-    choice = choose_bank(bank)  # --bank, else UCL_BANK, else default, else the built-in one
-    announce_bank(choice, stderr)
-    keys = model_keys(choice.path, image_text_model, text_audio_model)
-    weights = [image_text_weights, text_audio_weights]
-    encoders = load_encoders(keys, options.device, stderr, weights)
-    opened = open_bank(choice.path, encoders, stderr, allow_other_weights=allow_other_weights)
+    loaded = load_models_and_bank(
+        bank,
+        image_text_model=image_text_model,
+        text_audio_model=text_audio_model,
+        weights=[image_text_weights, text_audio_weights],
+        device=device,
+        allow_other_weights=allow_other_weights,
+        console=stderr,
+    )
+    scoring = scoring_settings(
+        loaded.device,
+        force_direct=force_direct,
+        nearest=nearest,
+        nearest_max=nearest_max,
+        old_nearest=old_nearest,
+        old_nearest_max=old_nearest_max,
+    )
+    options = replace(options, scoring=scoring)
+    opened = loaded.bank
 
     def on_cache_warning(text: str) -> None:
         stderr.print(f"[yellow]ucl:[/] {escape(text)}", soft_wrap=True)
@@ -178,7 +192,7 @@ def evaluate_command(
     ):
         report = evaluate(
             pairs,
-            encoders=encoders,
+            encoders=loaded.encoders,
             bank=opened,
             options=options,
             cache=cache,
@@ -232,9 +246,9 @@ def _summary(console: Console, record: dict, out: Path | None, plot: Path | None
             console.print(f"wrote {escape(str(path))}")
 
 
-def _listener(view: ProgressView) -> EvalListener:
+def _listener(view: ProgressView) -> Listener:
     """The evaluation's stages and skipped files, on the shared progress view."""
-    from ucl_cli.evaluation import EvalListener
+    from ucl_cli.bridge.listener import Listener
 
     def on_skip(error: InputFileError) -> None:
         view.say(f"skipping {escape(str(error))}")
@@ -242,4 +256,4 @@ def _listener(view: ProgressView) -> EvalListener:
     def on_stage(text: str, total: int) -> None:
         view.stage(text, total or None)
 
-    return EvalListener(on_skip=on_skip, on_stage=on_stage, on_advance=view.advance)
+    return Listener(on_skip=on_skip, on_stage=on_stage, on_advance=view.advance)

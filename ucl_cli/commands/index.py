@@ -7,7 +7,6 @@ Progress, warnings and the closing summary go to stderr; stdout stays empty. Eve
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,18 +23,11 @@ from ucl_cli.commands._shared import (
     TEXT_AUDIO_WEIGHTS,
 )
 from ucl_cli.errors import UsageError
+from ucl_cli.modality import Modality  # torch-free: Typer offers its values as the choices
 
 if TYPE_CHECKING:
     from ucl_cli.bank import BankItem, CorpusOptions, IndexReport
     from ucl_cli.commands._progress import IndexProgress
-
-
-class Modality(str, Enum):
-    """The option's choices (the encoders' own enum would import torch for `ucl --help`)."""
-
-    TEXT = "text"
-    IMAGE = "image"
-    AUDIO = "audio"
 
 
 EXAMPLES = examples(
@@ -155,7 +147,7 @@ def index(
 def _save_index_scans(bank_dir: Path) -> None:
     """Prepare `ucl query --method topk` now (IVF banks only), rather than at its first query."""
     from ucl_cli.bank import load_bank
-    from ucl_cli.bridge.sides import save_index_scans
+    from ucl_cli.bank.nearest import save_index_scans
 
     with load_bank(bank_dir, verify="on_read") as bank:
         save_index_scans(bank)

@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+# The method table imports no torch: --help and the usage check on --method stay fast.
+from ucl_cli.bridge.methods import DEFAULT_METHOD, METHOD_NAMES, methods_help
 from ucl_cli.commands._help import UclCommand, examples
 from ucl_cli.commands._shared import (
     ALLOW_OTHER_WEIGHTS,
@@ -27,25 +29,22 @@ from ucl_cli.commands._shared import (
     NO_CACHE,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
-    TOPK_K,
-    TOPK_K_MAX,
     bank_rows,
+    load_models_and_bank,
+    nearest_options,
     plural,
+    scoring_settings,
 )
 from ucl_cli.errors import InputFileError, UsageError
+
+NEAREST, NEAREST_MAX, OLD_NEAREST, OLD_NEAREST_MAX = nearest_options()
 
 if TYPE_CHECKING:
     from ucl_cli.media.collect import QueryInputs
 
-METHOD_HELP = (
-    "lse: exact Monte Carlo bridge score (default); topk: certified top-K approximation through "
-    "the FAISS indexes; direct: cosine, only for one shared model; caption: nearest bank text, "
-    "then candidates against it."
-)
 CANDIDATE_FLAGS = ("--candidates", "-c")
-# `ucl_cli.bridge.METHODS` and `ucl_cli.output.FORMATS`, named here so that a usage error comes
-# before torch is imported (a test holds them equal).
-METHOD_NAMES = ("lse", "topk", "direct", "caption")
+# `ucl_cli.output.FORMATS`, named here so that a usage error comes before torch is imported (a
+# test holds them equal).
 FORMAT_NAMES = ("table", "jsonl", "tsv", "paths")
 # Candidate-skip lines named one by one; the rest are only counted in the summary.
 SHOWN_SKIPS = 10
@@ -145,7 +144,7 @@ def query(
         10, "--top", "-n", min=0, metavar="N", help="Results per query (0: all)."
     ),
     method: str = typer.Option(
-        "lse", "--method", "-m", metavar="lse|topk|direct|caption", help=METHOD_HELP
+        DEFAULT_METHOD, "--method", "-m", metavar="|".join(METHOD_NAMES), help=methods_help()
     ),
     output_format: str | None = typer.Option(
         None,
@@ -162,8 +161,10 @@ def query(
         metavar="N",
         help="Show the N bank items that carried each score, and the ESS.",
     ),
-    k: int = TOPK_K,
-    k_max: int = TOPK_K_MAX,
+    nearest: int = NEAREST,
+    nearest_max: int = NEAREST_MAX,
+    old_nearest: int | None = OLD_NEAREST,
+    old_nearest_max: int | None = OLD_NEAREST_MAX,
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Compute direct cosine even between unrelated models."
     ),
@@ -214,33 +215,36 @@ def query(
     )
     _same_modality_notice(inputs, console)
 
-    from ucl_cli.bank.catalog import choose_bank
-    from ucl_cli.commands._shared import announce_bank
+    loaded = load_models_and_bank(
+        bank,
+        image_text_model=image_text_model,
+        text_audio_model=text_audio_model,
+        weights=[image_text_weights, text_audio_weights],
+        device=device,
+        allow_other_weights=allow_other_weights,
+        console=console,
+    )
 
-    choice = choose_bank(bank)
-    announce_bank(choice, console)
-
-    from ucl_cli.bridge import QueryOptions, SearchListener
-    from ucl_cli.bridge.pipeline import search_inputs
+    from ucl_cli.bridge.listener import Listener
+    from ucl_cli.bridge.pipeline import QueryOptions, search_inputs
     from ucl_cli.cache import open_cache
-    from ucl_cli.commands._shared import load_encoders, model_keys, open_bank
-    from ucl_cli.config import resolve_device
     from ucl_cli.output import default_format, write_results
 
-    resolved = resolve_device(device)
-    keys = model_keys(choice.path, image_text_model, text_audio_model)
-    encoders = load_encoders(keys, resolved, console, [image_text_weights, text_audio_weights])
-    opened = open_bank(choice.path, encoders, console, allow_other_weights=allow_other_weights)
+    opened = loaded.bank
     options = QueryOptions(
         method=method,
         top=top or None,
         explain=explain,
         strict=strict,
-        force_direct=force_direct,
         batch_size=batch_size,
-        device=resolved,
-        topk_start=k,
-        topk_max=max(k, k_max),
+        scoring=scoring_settings(
+            loaded.device,
+            force_direct=force_direct,
+            nearest=nearest,
+            nearest_max=nearest_max,
+            old_nearest=old_nearest,
+            old_nearest_max=old_nearest_max,
+        ),
     )
 
     def on_cache_warning(text: str) -> None:
@@ -251,13 +255,18 @@ def query(
         open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
         console.status("scoring") as status,
     ):
-        listener = SearchListener(
+        listener = Listener(
             on_skip=on_skip,
             on_query_skip=on_query_skip,
             on_stage=lambda text, _total: status.update(escape(text)),
         )
         report = search_inputs(
-            inputs, encoders=encoders, bank=opened, options=options, cache=cache, listener=listener
+            inputs,
+            encoders=loaded.encoders,
+            bank=opened,
+            options=options,
+            cache=cache,
+            listener=listener,
         )
     write_results(report.results, output_format or default_format())
     summary = (

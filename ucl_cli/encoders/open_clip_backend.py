@@ -191,8 +191,9 @@ def _model_config(spec: ModelSpec, source: _Source) -> dict[str, Any]:
     return model_cfg
 
 
-def _model_from_config(model_cfg: dict[str, Any]) -> torch.nn.Module:
-    """An open_clip model from a config dict by open_clip's own factory (no weights, no network)."""
+def model_from_config(model_cfg: dict[str, Any]) -> torch.nn.Module:
+    """An open_clip model from a config dict by open_clip's own factory (no weights, no network).
+    Public: the testing kit builds its stand-ins with it, so that they match what `build` loads."""
     import tempfile
 
     import open_clip
@@ -256,7 +257,7 @@ def build(spec: ModelSpec, files: ModelFiles, device: str) -> Encoder:
     source = _find_source(spec, files)
     state = read_state_dict(source.weights)  # first: an unreadable or unsafe file fails fast
     model_cfg = _model_config(spec, source)
-    model = _model_from_config(model_cfg)
+    model = model_from_config(model_cfg)
     state = _fit_state_dict(model, state)
     load_strict(model, state, source.weights, f"open_clip {spec.architecture}")
     _check_preprocessing(spec, model)

@@ -452,7 +452,7 @@ def load_encoder(
 
 def standin_files(files: ModelFiles) -> list[Path]:
     """The files of a model that carry the stand-in mark (headers only are read)."""
-    from ucl_cli.encoders.standins import marked_files
+    from ucl_cli.encoders.standin_marks import marked_files
 
     return marked_files(p for p in (files.weights, *files.assets.values()) if p is not None)
 

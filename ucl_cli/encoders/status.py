@@ -2,7 +2,7 @@
 
 Read-only and offline; `ucl models` and `ucl doctor` render these reports. Nothing here imports a
 model library (versions come from package metadata, CUDA from torch); stand-ins are told by the
-mark in their files' headers (`ucl_cli.encoders.standins`).
+mark in their files' headers (`ucl_cli.encoders.standin_marks`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import platform
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 from ucl_cli.encoders import hub
 from ucl_cli.encoders.registry import (
@@ -21,7 +22,7 @@ from ucl_cli.encoders.registry import (
     get_spec,
     list_models,
 )
-from ucl_cli.encoders.standins import marked_files
+from ucl_cli.encoders.standin_marks import marked_files
 
 # (label, distribution name) of the packages `ucl doctor` reports.
 PACKAGES = (
@@ -113,6 +114,35 @@ def model_status(key: str) -> ModelStatus:
     installed = spec.backend in default_registry().backends
     standin = not missing and bool(marked_files(paths))  # only a model that would load
     return ModelStatus(spec, key in DEFAULT_KEYS, present, missing, installed, standin)
+
+
+def tower_preprocessing(spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """How each tower of `spec` prepares its inputs, by modality, from the registry alone (no
+    weights or model files are read, so listing models stays instant): image size, resize mode
+    and normalisation; audio rate, clip length and fusion; text context in tokens. A field the
+    spec does not state is left out (a plugin's spec may state little)."""
+    pre = dict(spec.preprocessing)
+    towers: dict[str, dict[str, Any]] = {}
+    for modality in spec.modalities:
+        if modality == "image":
+            names = ("image_size", "resize_mode", "interpolation", "mean", "std")
+            tower = {name: pre.get(name) for name in names}
+        elif modality == "audio":
+            rate, samples = pre.get("sample_rate"), pre.get("clip_samples")
+            tower = {
+                "sample_rate": rate,
+                "clip_samples": samples,
+                "clip_seconds": samples / rate if rate and samples else None,
+                "crop": pre.get("crop"),
+                "pad": pre.get("pad"),
+                "fusion": pre.get("fusion"),
+            }
+        elif modality == "text":  # open_clip calls it context_length, laion_clap text_max_length
+            tower = {"context_length": pre.get("context_length", pre.get("text_max_length"))}
+        else:
+            continue
+        towers[modality] = {name: value for name, value in tower.items() if value is not None}
+    return towers
 
 
 def all_model_status() -> list[ModelStatus]:

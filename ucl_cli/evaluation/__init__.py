@@ -1,18 +1,21 @@
 """Layer 8: measuring retrieval on paired data (`ucl eval`), with the paper's protocol.
 
 - `manifest`: the CSV of paired files (image, audio, optional captions), checked line by line.
-- `options`: `EvalOptions` (trials, candidates, seed, methods, bank sizes, direction, ...).
+- `options`: `EvalOptions` (trials, candidates, seed, methods, bank sizes, direction, ...),
+  with the `ScoringSettings` `ucl query` shares; the methods are `ucl_cli.bridge.methods`'.
 - `trials`: the seeded draws (trials of distinct items; nested random sub-banks).
 - `leakage`: bank texts equal to a manifest caption, reported and excluded by default.
 - `scoring`: one score matrix per method and bank, read by every trial; recall and mean rank.
 - `intervals`: Student-t intervals over per-trial values.
-- `sides`: which model serves which side; the bank or a sub-bank as each model sees it.
 - `runner`: `evaluate`, the one call; `report`: `EvalReport` and its JSON; `provenance`: the
   models, bank checksum and versions it records; `table` and `plot` draw it.
 
-Nothing here prints: progress goes through `EvalListener`, and the CLI draws it.
+Nothing here prints: progress goes through a `Listener` (the one `search` takes), and the CLI
+draws it.
 """
 
+from ucl_cli.bridge.listener import Listener
+from ucl_cli.bridge.methods import ScoringSettings
 from ucl_cli.evaluation.intervals import Interval, t_interval
 from ucl_cli.evaluation.leakage import LeakedRow, LeakReport, caption_key, find_leaks
 from ucl_cli.evaluation.manifest import (
@@ -30,10 +33,12 @@ from ucl_cli.evaluation.options import (
 )
 from ucl_cli.evaluation.plot import plot_report
 from ucl_cli.evaluation.report import FORMAT, EvalReport, MethodResult
-from ucl_cli.evaluation.runner import EvalListener, evaluate
+from ucl_cli.evaluation.runner import evaluate
 from ucl_cli.evaluation.scoring import TrialMetrics, measure_trials
 from ucl_cli.evaluation.table import results_table
 from ucl_cli.evaluation.trials import bank_sizes, draw_trials, sub_bank_rows
+
+EvalListener = Listener  # the public API's older name
 
 __all__ = [
     "DIRECTIONS",
@@ -45,10 +50,12 @@ __all__ = [
     "Interval",
     "LeakReport",
     "LeakedRow",
+    "Listener",
     "ManifestError",
     "MethodResult",
     "PairManifest",
     "PairedItem",
+    "ScoringSettings",
     "TrialMetrics",
     "bank_sizes",
     "caption_key",

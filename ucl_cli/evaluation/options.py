@@ -3,9 +3,10 @@ candidates, recall@1/5/10; docs/METHOD.md#pretrained-models), and how to vary it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
+from ucl_cli.bridge.methods import METHOD_NAMES, ScoringSettings
 from ucl_cli.errors import UsageError
 from ucl_cli.modality import Modality
 
@@ -13,9 +14,7 @@ Direction = Literal["image->audio", "audio->image"]
 DIRECTIONS: tuple[str, ...] = ("image->audio", "audio->image")
 # Spellings a shell leaves alone ('>' unquoted is a redirection).
 DIRECTION_ALIASES = {"image-to-audio": "image->audio", "audio-to-image": "audio->image"}
-METHODS: tuple[str, ...] = ("lse", "topk", "direct", "caption")
-# Methods whose scores go through the bank (so they are measured at every bank size).
-BANK_METHODS: tuple[str, ...] = ("lse", "topk", "caption")
+METHODS = METHOD_NAMES  # every method of the table, measured by default
 
 
 @dataclass(frozen=True)
@@ -26,9 +25,10 @@ class EvalOptions:
       whole (leak-free) bank is always measured too.
     ks: the recall cut-offs. confidence: the level of the intervals.
     allow_leak: keep bank items equal to a manifest caption (they are reported either way).
-    force_direct: compute `direct` even between two separately trained models.
     strict: an unreadable file is an error, instead of leaving its item out.
     block_items: most items scored in one [items, items] matrix (memory: its square in floats).
+    scoring: what `ucl query` shares (device, force_direct, topk's nearest rows); topk
+      certifies the leading max(ks) positions of each trial.
     """
 
     trials: int = 100
@@ -40,13 +40,10 @@ class EvalOptions:
     ks: tuple[int, ...] = (1, 5, 10)
     confidence: float = 0.95
     allow_leak: bool = False
-    force_direct: bool = False
     strict: bool = False
-    device: str = "cpu"
     batch_size: int | None = None
-    topk_start: int = 64
-    topk_max: int = 8192
     block_items: int = 4096
+    scoring: ScoringSettings = field(default_factory=ScoringSettings)
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:

@@ -69,7 +69,7 @@ def _flat(axis, result: dict[str, Any], k: str, sizes: list[int]) -> None:
     """A bank-free method: its value across the plotted range of M."""
     interval = result["recall"][k]
     xs = [min(sizes), max(sizes)] if len(sizes) > 1 else [sizes[0] * 0.9, sizes[0] * 1.1]
-    label = "direct" + (" (forced)" if result["forced"] else "")
+    label = result["method"] + (" (forced)" if result["forced"] else "")
     (line,) = axis.plot(xs, [interval["mean"]] * 2, linestyle="--", label=label)
     low, high = _or(interval["low"], interval["mean"]), _or(interval["high"], interval["mean"])
     axis.fill_between(xs, [low] * 2, [high] * 2, color=line.get_color(), alpha=0.15, linewidth=0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ucl_cli.bridge.methods import METHOD_TABLE
 from ucl_cli.evaluation.intervals import Interval
 from ucl_cli.evaluation.leakage import LeakReport
 from ucl_cli.evaluation.options import EvalOptions
@@ -23,7 +24,7 @@ FORMAT = "ucl-eval/1"
 
 @dataclass(frozen=True)
 class MethodResult:
-    """One method at one bank size (None for `direct`, which uses no bank)."""
+    """One method at one bank size (None for a method that uses no bank: `direct`)."""
 
     method: str
     bank_size: int | None
@@ -95,7 +96,8 @@ class EvalReport:
 
     def result(self, method: str, bank_size: int | None = None) -> MethodResult:
         """A method's result at `bank_size` (default: the whole usable bank)."""
-        wanted = None if method == "direct" else (bank_size or self.usable_bank_rows)
+        once = method in METHOD_TABLE and not METHOD_TABLE[method].through_bank
+        wanted = None if once else (bank_size or self.usable_bank_rows)
         for result in self.results:
             if result.method == method and result.bank_size == wanted:
                 return result

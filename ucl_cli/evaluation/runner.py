@@ -14,22 +14,23 @@ over the T * K queries), with a Student-t interval over the T trial values (see 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ucl_cli.bank import Bank
+from ucl_cli.bridge.listener import Listener
+from ucl_cli.bridge.methods import Bridge, Method, method_named
 from ucl_cli.bridge.pipeline import encoder_for
-from ucl_cli.bridge.sides import bank_side
 from ucl_cli.cache import EmbeddingCache, embed_files, open_cache
 from ucl_cli.encoders.base import Encoder
-from ucl_cli.errors import InputFileError, UsageError
+from ucl_cli.errors import UsageError
 from ucl_cli.evaluation.intervals import t_interval
 from ucl_cli.evaluation.leakage import find_leaks
 from ucl_cli.evaluation.manifest import PairedItem, PairManifest, read_pairs
-from ucl_cli.evaluation.options import BANK_METHODS, EvalOptions
+from ucl_cli.evaluation.options import EvalOptions
 from ucl_cli.evaluation.provenance import bank_info, model_info, software_versions
 from ucl_cli.evaluation.report import (
     EvalReport,
@@ -38,32 +39,13 @@ from ucl_cli.evaluation.report import (
 )
 from ucl_cli.evaluation.scoring import (
     Scorer,
-    ScoringSettings,
     TrialMetrics,
-    bank_scorer,
     block_limit,
-    direct_scorer,
     measure_trials,
+    method_scorer,
 )
 from ucl_cli.evaluation.trials import bank_sizes, draw_trials, sub_bank_rows
 from ucl_cli.modality import Modality
-
-
-@dataclass
-class EvalListener:
-    """Hooks for progress and warnings; the library itself never prints."""
-
-    on_skip: Callable[[InputFileError], None] | None = None
-    on_stage: Callable[[str, int], None] | None = None  # (description, total steps)
-    on_advance: Callable[[int], None] | None = None
-
-    def stage(self, text: str, total: int) -> None:
-        if self.on_stage is not None:
-            self.on_stage(text, total)
-
-    def advance(self, steps: int) -> None:
-        if self.on_advance is not None:
-            self.on_advance(steps)
 
 
 @dataclass
@@ -95,12 +77,12 @@ def evaluate(
     bank: Bank,
     options: EvalOptions | None = None,
     cache: EmbeddingCache | None = None,
-    listener: EvalListener | None = None,
+    listener: Listener | None = None,
 ) -> EvalReport:
     """Measure every requested method on the manifest's pairs through `bank`."""
     started = time.perf_counter()
     options = options or EvalOptions()
-    listener = listener or EvalListener()
+    listener = listener or Listener()
     pairs = manifest if isinstance(manifest, PairManifest) else read_pairs(manifest)
     bank.check_models(encoders)
     bridge = Modality(bank.modality)
@@ -148,25 +130,19 @@ def evaluate(
 
 def _runnable(
     options: EvalOptions, query_model: Encoder, candidate_model: Encoder
-) -> tuple[list[str], dict[str, str]]:
-    """The methods to measure, and why any requested one is left out."""
+) -> tuple[list[Method], dict[str, str]]:
+    """The methods to measure, and why any requested one is left out (its precondition)."""
+    methods: list[Method] = []
     skipped: dict[str, str] = {}
-    methods = list(options.methods)
-    if "direct" in methods and query_model.key != candidate_model.key:
-        if not options.force_direct:
-            skipped["direct"] = (
-                f"{query_model.key} and {candidate_model.key} were trained separately, so the "
-                "cosine between their embeddings is meaningless (Che & Eysenbach, ICLR 2025, "
-                "Lemma 2); --force-direct measures it anyway"
-            )
-        elif query_model.dim != candidate_model.dim:
-            raise UsageError(
-                f"--force-direct: {query_model.key} has dim {query_model.dim} but "
-                f"{candidate_model.key} has dim {candidate_model.dim}; there is no cosine"
-            )
-    methods = [method for method in methods if method not in skipped]
+    for method in map(method_named, options.methods):
+        refusal = method.refusal(query_model, candidate_model, options.scoring)
+        if refusal is None:
+            methods.append(method)
+        else:
+            skipped[method.name] = refusal
     if not methods:
-        raise UsageError(f"no method left to measure: direct: {skipped['direct']}")
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+        raise UsageError(f"no method left to measure: {reasons}")
     return methods, skipped
 
 
@@ -176,7 +152,7 @@ def _embed(
     candidate_model: Encoder,
     options: EvalOptions,
     cache: EmbeddingCache,
-    listener: EvalListener,
+    listener: Listener,
 ) -> _Embedded:
     """Embed each distinct file once; drop the items whose query or candidate file failed."""
     sides = (
@@ -224,44 +200,41 @@ def _embed(
 
 
 def _measure(
-    methods: list[str],
+    methods: list[Method],
     embedded: _Embedded,
     trials: np.ndarray,
     plan: _BankPlan,
     options: EvalOptions,
-    listener: EvalListener,
+    listener: Listener,
 ) -> list[MethodResult]:
+    """Each method through the bank at every size (`through_bank`), the others once."""
     bank, models, sizes = plan.bank, plan.models, plan.sizes
-    settings = ScoringSettings(
-        device=options.device,
-        top=max(options.ks),
-        topk_start=options.topk_start,
-        topk_max=options.topk_max,
-    )
-    through_bank = [method for method in methods if method in BANK_METHODS]
-    steps = len(through_bank) * len(sizes) + ("direct" in methods)
+    settings, top = options.scoring, max(options.ks)
+    through_bank = [method for method in methods if method.through_bank]
+    once = [method for method in methods if not method.through_bank]
+    steps = len(through_bank) * len(sizes) + len(once)
     listener.stage(f"scoring {len(trials)} trials of {trials.shape[1]} candidates", steps)
     results = []
-    if "direct" in methods:
-        forced = models[0].key != models[1].key
-        results.append(
-            _result("direct", None, direct_scorer(settings), embedded, trials, options, forced)
-        )
+    whole = Bridge.of(bank, *models)
+    for method in once:
+        scorer = method_scorer(method, whole, settings, top)
+        forced = method.forced(*models, settings)
+        results.append(_result(method, None, scorer, embedded, trials, options, forced))
         listener.advance(1)
     rows_by_size = sub_bank_rows(plan.usable, sizes, options.seed)
     for size in sizes:
         rows = None if size == len(bank) else rows_by_size[size]
-        query_side, candidate_side = (bank_side(bank, model, rows) for model in models)
+        bridge = whole if rows is None else Bridge.of(bank, *models, rows)
         for method in through_bank:
-            scorer = bank_scorer(method, query_side, candidate_side, settings)
+            scorer = method_scorer(method, bridge, settings, top)
             results.append(_result(method, size, scorer, embedded, trials, options))
             listener.advance(1)
-    order = {method: i for i, method in enumerate(options.methods)}
+    order = {name: i for i, name in enumerate(options.methods)}
     return sorted(results, key=lambda r: (order[r.method], r.bank_size or 0))
 
 
 def _result(
-    method: str,
+    method: Method,
     size: int | None,
     scorer: Scorer,
     embedded: _Embedded,
@@ -276,11 +249,11 @@ def _result(
     level = options.confidence
     recall = {k: t_interval(metrics.recall[k], level, (0.0, 1.0)) for k in options.ks}
     rank = t_interval(metrics.mean_rank, level, (1.0, float(options.candidates)))
-    return MethodResult(method, size, recall, rank, forced)
+    return MethodResult(method.name, size, recall, rank, forced)
 
 
 def _file(item: PairedItem, modality: Modality) -> Path:
     return item.image if modality is Modality.IMAGE else item.audio
 
 
-__all__ = ["EvalListener", "evaluate"]
+__all__ = ["evaluate"]

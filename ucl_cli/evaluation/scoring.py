@@ -7,10 +7,10 @@ there are very many items), and each trial reads its [candidates, candidates] su
 exactly the numbers that scoring each trial on its own would give, at the cost of one pass
 over the bank.
 
-`topk` is the exception: the number T of nearest bank rows grows until the trial's leading
-`max(ks)` candidates are certified, so it depends on the trial, and its memory grows with
-queries * T * candidates. It is scored one trial at a time (`block_limit`), exactly as
-`ucl query --method topk` would rank that trial's candidates.
+`topk` is the exception (not `pairwise` in the method table): the number T of nearest bank
+rows grows until the trial's leading `max(ks)` candidates are certified, so it depends on the
+trial, and its memory grows with queries * T * candidates. It is scored one trial at a time
+(`block_limit`), exactly as `ucl query --method topk` would rank that trial's candidates.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ucl_cli.bridge import methods
-from ucl_cli.bridge.methods import BridgeSide
+from ucl_cli.bridge.methods import Bridge, Method, ScoringSettings
 from ucl_cli.estimators import recall_at_k_per_query
 from ucl_cli.estimators.metrics import positive_rank_bounds
 from ucl_cli.evaluation.trials import trial_blocks
@@ -39,50 +38,15 @@ class TrialMetrics:
     mean_rank: np.ndarray  # float64 [trials]
 
 
-@dataclass(frozen=True)
-class ScoringSettings:
-    device: str = "cpu"
-    top: int = 10  # topk: leading positions to certify
-    topk_start: int = 64
-    topk_max: int = 8192
+def method_scorer(method: Method, bridge: Bridge, settings: ScoringSettings, top: int) -> Scorer:
+    """`method`'s scores through `bridge` (the bank or a sub-bank); `top`: the leading positions
+    `topk` certifies."""
+    return lambda q, c: method.score(bridge, q, c, settings, top).values
 
 
-def bank_scorer(
-    method: str, query_side: BridgeSide, candidate_side: BridgeSide, settings: ScoringSettings
-) -> Scorer:
-    """The scores of `lse`, `topk` or `caption` through one bank (or sub-bank)."""
-    device = settings.device
-    if method == "lse":
-        return lambda q, c: (
-            methods.lse_scores(q, c, query_side, candidate_side, device=device).values
-        )
-    if method == "caption":
-        return lambda q, c: (
-            methods.caption_scores(q, c, query_side, candidate_side, device=device).values
-        )
-    if method == "topk":
-        return lambda q, c: (
-            methods.topk_scores(
-                q,
-                c,
-                query_side,
-                candidate_side,
-                top=settings.top,
-                start_t=settings.topk_start,
-                max_t=settings.topk_max,
-                device=device,
-            ).values
-        )
-    raise ValueError(f"{method!r} does not score through a bank")
-
-
-def block_limit(method: str, candidates: int, block_items: int) -> int:
-    """Most items one score matrix may cover for `method` (one trial's for `topk`)."""
-    return candidates if method == "topk" else block_items
-
-
-def direct_scorer(settings: ScoringSettings) -> Scorer:
-    return lambda q, c: methods.direct_scores(q, c, device=settings.device).values
+def block_limit(method: Method, candidates: int, block_items: int) -> int:
+    """Most items one score matrix may cover for `method` (one trial's unless `pairwise`)."""
+    return block_items if method.pairwise else candidates
 
 
 def measure_trials(

@@ -1,4 +1,4 @@
-"""Layer 3: reading and checking inputs, with one precise error (path and reason) per bad file.
+"""Reading and checking inputs, with one precise error (path and reason) per bad file.
 
 - `images`: every format Pillow reads -> upright 8-bit RGB, with a decompression-bomb guard.
 - `audio`: what libsndfile reads (wav, flac, ogg/oga vorbis or opus, mp3, ...) -> float32 mono

@@ -14,13 +14,18 @@ a query's mass each list holds, they bound the unknown part of the bridge sum fa
 than one ceiling for the whole bank (`ucl_cli.estimators.topk.GroupedRest`), and so are the
 products <q, c_j> that, with each row's own distance ||x - c_j||, bound row by row. The list and
 distance of every bank row take one pass over the index (the scan); it is made on first use,
-kept, and saved to `scan_cache` when one is named (`ucl index` saves it for each IVF bank).
+kept, and saved to `scan_cache` when one is named (`ucl index` saves it for each IVF bank,
+`save_index_scans`, where `Bank.nearest` looks for it: `scan_path`).
 
 Every bound here is about the exact inner products of the stored float32 vectors. FAISS's float32
 products are within gamma_d ||q|| ||x|| of them (`dot_rounding_bound`), so each ceiling adds that
 much; row distances are computed from the residual x - c (never as ||x||^2 - 2<x, c> + ||c||^2,
 which cancels for rows close to their centroid) and rounded up; and no row is assumed to have
 unit norm: the largest row norm (`row_norm_bound`) caps what a product can be.
+
+All FAISS knowledge lives in the bank: the query layer only asks it for neighbours
+(`Bank.nearest`, `flat_nearest`). FAISS itself is imported on first search (`faiss_module`), so
+that code which never searches runs without the extra.
 """
 
 from __future__ import annotations
@@ -31,12 +36,19 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import faiss
 import numpy as np
 
+from ucl_cli import config
 from ucl_cli.bank.norms import largest_row_norm
+from ucl_cli.bank.search_index import faiss_module
 from ucl_cli.estimators.topk import FLOAT32_UNIT_ROUNDOFF, dot_rounding_bound
+
+if TYPE_CHECKING:
+    import faiss
+
+    from ucl_cli.bank.store import Bank
 
 # Bumped whenever the saved scan's meaning changes; a scan of another version is made again.
 SCAN_VERSION = 2
@@ -178,6 +190,7 @@ class CertifiedNearest:
             return
         if self._load_scan(ivf.nlist):
             return
+        faiss = faiss_module()
         centroids = _centroids(ivf)
         groups = np.zeros(len(self.vectors), dtype=np.int64)
         distances = np.zeros(len(self.vectors), dtype=np.float64)
@@ -273,6 +286,48 @@ class LazyNearest:
         return self._nearest
 
 
+def flat_nearest(matrix: np.ndarray, max_norm: float) -> LazyNearest:
+    """Exact search over rows held in memory (a sub-bank), through a Flat index of their own
+    built on first search: it visits every row, so its T-th value certifies the rest."""
+
+    def make() -> CertifiedNearest:
+        index = faiss_module().IndexFlatIP(matrix.shape[1])
+        index.add(matrix)
+        return CertifiedNearest(index, matrix, row_norm_bound=max_norm)
+
+    return LazyNearest(make)
+
+
+def scan_path(bank: Bank, key: str) -> Path | None:
+    """Where the scan of one model's index is kept: named by the index's content hash, so a
+    rebuilt index never meets a stale scan (None: the manifest records no hash)."""
+    digest = bank.index_sha256(key)
+    return None if digest is None else config.index_bounds_dir() / f"{digest}.npz"
+
+
+def save_index_scans(bank: Bank) -> int:
+    """Scan each model's IVF index now and save it where `Bank.nearest` looks, so that the first
+    `topk` query does not pay for it (about a second per million rows). Returns how many."""
+    saved = 0
+    for record in bank.models:
+        path = scan_path(bank, record.key)
+        if path is not None and not path.exists():
+            saved += _save_index_scan(bank, record.key, path)
+    return saved
+
+
+def _save_index_scan(bank: Bank, key: str, path: Path) -> bool:
+    """One index in memory at a time: it is read here, not kept by the bank, and freed on return.
+    A bank whose index is not an inverted file is not read at all."""
+    if not bank.manifest.faiss_index.upper().startswith("IVF"):
+        return False
+    index = bank.index(key, keep=False)
+    if not is_inverted_flat(index):
+        return False
+    CertifiedNearest(index, bank.vectors(key), scan_cache=path).row_groups()
+    return True
+
+
 def _distances_to(rows: np.ndarray, centre: np.ndarray) -> np.ndarray:
     """||x - c|| per row, never below the exact distance of the stored vectors. The residual is
     formed first (each float32 difference is within u of the exact one, relatively), so the
@@ -317,6 +372,7 @@ def is_inverted_flat(index: faiss.Index) -> bool:
     """An IVF index with Flat lists, searched as is: the kind whose skipped lists
     `CertifiedNearest` bounds. One wrapped in a transform (PCA, OPQ) is not: its lists live in
     another space than the bank's vectors."""
+    faiss = faiss_module()
     return isinstance(faiss.downcast_index(index), faiss.IndexIVFFlat)
 
 
@@ -324,6 +380,7 @@ def _require_certifiable(index: faiss.Index) -> None:
     """Only searches that return exact inner products, and skip rows only by whole IVF lists,
     can be certified: Flat, or IVF with Flat lists. HNSW or PQ may miss rows, or misstate them,
     with no bound."""
+    faiss = faiss_module()
     if isinstance(faiss.downcast_index(index), faiss.IndexFlat) or is_inverted_flat(index):
         return
     from ucl_cli.errors import UsageError
@@ -337,6 +394,6 @@ def _require_certifiable(index: faiss.Index) -> None:
 
 def _ivf(index: faiss.Index) -> faiss.IndexIVF | None:
     try:
-        return faiss.extract_index_ivf(index)
+        return faiss_module().extract_index_ivf(index)
     except RuntimeError:
         return None

@@ -8,10 +8,8 @@ The layout is the Hugging Face hub cache's (`HF_HOME=ROOT` or `HF_HUB_CACHE=ROOT
     ROOT/hub/models--ORG--NAME/{blobs/SHA256, refs/main, snapshots/COMMIT/FILE -> blob}
 The commit id of every stand-in is STANDIN_COMMIT (all zeros), which no real commit has.
 
-Every stand-in carries a mark that survives copying the cache or the file alone: `ucl_standin` in
-the safetensors metadata and in the JSON configs, and STANDIN_NOTE inside the CLAP checkpoint's
-pickle. `marked_files` finds it by reading headers only, so `ucl doctor` and `load_encoder` can
-say "random weights: rankings are meaningless" without loading a model.
+Every stand-in's weights and configs carry the mark of `ucl_cli.encoders.standin_marks`, which
+the product reads to warn "random weights: rankings are meaningless".
 
 Files written (as the real repositories name them):
 - laion/CLIP-ViT-B-32-laion2B-s34B-b79K: open_clip_model.safetensors, open_clip_config.json
@@ -26,14 +24,11 @@ Files written (as the real repositories name them):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import struct
 import tempfile
-import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +44,10 @@ from ucl_cli.encoders.registry import (
     ROBERTA_REPO,
     get_spec,
 )
+from ucl_cli.encoders.standin_marks import STANDIN_KEY, STANDIN_NOTE
+from ucl_cli.files import sha256_file
 
 STANDIN_COMMIT = "0" * 40
-STANDIN_NOTE = (
-    "RANDOM WEIGHTS: a stand-in written by ucl (scripts/make_test_models.py), not the real model"
-)
-STANDIN_KEY = "ucl_standin"  # the mark in JSON configs and safetensors metadata
-# Headers larger than this are not a stand-in's (and are not read): real configs are kilobytes,
-# a safetensors header or a checkpoint's pickle at most a few megabytes.
-_HEADER_LIMIT = 64 << 20
 # Logit scales stored in the stand-ins (the real models' are read from their own weights).
 CLIP_LOGIT_SCALE = 100.0
 CLAP_LOGIT_SCALE = 33.0
@@ -112,6 +102,11 @@ def hub_folder(root: Path) -> Path:
     return Path(root) / "hub"
 
 
+def snapshot_folder(hub: Path, repo: str) -> Path:
+    """Where a stand-in's files of `repo` appear in the hub folder `hub` (ROOT/hub)."""
+    return hub / f"models--{repo.replace('/', '--')}" / "snapshots" / STANDIN_COMMIT
+
+
 def write_hub_file(hub: Path, repo: str, filename: str, write: Callable[[Path], None]) -> Written:
     """Store one file in the hub-cache layout: blob named by sha256, snapshot link, refs/main."""
     folder = hub / f"models--{repo.replace('/', '--')}"
@@ -120,12 +115,12 @@ def write_hub_file(hub: Path, repo: str, filename: str, write: Callable[[Path], 
     with tempfile.TemporaryDirectory(dir=blobs) as scratch:
         staged = Path(scratch) / Path(filename).name
         write(staged)
-        digest = _sha256(staged)
+        digest = sha256_file(staged)
         blob = blobs / digest
         os.replace(staged, blob)
     (folder / "refs").mkdir(exist_ok=True)
     (folder / "refs" / "main").write_text(STANDIN_COMMIT)
-    link = folder / "snapshots" / STANDIN_COMMIT / filename
+    link = snapshot_folder(hub, repo) / filename
     link.parent.mkdir(parents=True, exist_ok=True)
     if link.is_symlink() or link.exists():
         link.unlink()
@@ -136,77 +131,8 @@ def write_hub_file(hub: Path, repo: str, filename: str, write: Callable[[Path], 
     return Written(repo, filename, link)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(data: dict) -> Callable[[Path], None]:
     return lambda path: path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
-# --- telling a stand-in from the real model ---------------------------------------------------
-
-
-def marked_files(paths: Iterable[Path]) -> list[Path]:
-    """Those of `paths` (files, or folders of weights) that carry the stand-in mark."""
-    found = []
-    for path in paths:
-        members = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        if any(_is_marked(member) for member in members):
-            found.append(path)
-    return found
-
-
-def standin_warning(keys: Sequence[str]) -> str:
-    """The one line every command prints when it meets stand-ins (the CLI adds `ucl: `)."""
-    names = " and ".join(keys)
-    verb = "is a stand-in" if len(keys) == 1 else "are stand-ins"
-    return (
-        f"random weights: rankings are meaningless ({names} {verb} written by "
-        "make_test_models.py; `ucl models fetch` gets the real weights)"
-    )
-
-
-def _is_marked(path: Path) -> bool:
-    """Read only what holds the mark: a JSON file, a safetensors header, a checkpoint's pickle."""
-    try:
-        if path.suffix == ".json":
-            return path.stat().st_size < _HEADER_LIMIT and STANDIN_KEY in _json_object(
-                path.read_bytes()
-            )
-        if path.suffix == ".safetensors":
-            return STANDIN_KEY in _safetensors_metadata(path)
-        if zipfile.is_zipfile(path):  # torch.save's format since torch 1.6
-            return _pickle_holds(path, STANDIN_NOTE.encode("utf-8"))
-    except (OSError, ValueError, struct.error, zipfile.BadZipFile):  # not a stand-in's file
-        return False
-    return False
-
-
-def _json_object(data: bytes) -> dict:
-    value = json.loads(data)
-    return value if isinstance(value, dict) else {}
-
-
-def _safetensors_metadata(path: Path) -> dict:
-    with open(path, "rb") as handle:
-        (size,) = struct.unpack("<Q", handle.read(8))
-        if size > _HEADER_LIMIT:
-            return {}
-        metadata = _json_object(handle.read(size)).get("__metadata__")
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def _pickle_holds(path: Path, needle: bytes) -> bool:
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.filename.endswith("data.pkl") and info.file_size < _HEADER_LIMIT:
-                return needle in archive.read(info)
-    return False
 
 
 # --- CLIP --------------------------------------------------------------------------------------
@@ -219,14 +145,14 @@ def write_clip(
     import open_clip
     from safetensors.torch import save_file
 
-    from ucl_cli.encoders.open_clip_backend import _model_from_config
+    from ucl_cli.encoders.open_clip_backend import model_from_config
 
     spec = get_spec(key)
     model_cfg = json.loads(
         json.dumps(_SMALL_CLIP if small else open_clip.get_model_config(spec.architecture))
     )
     torch.manual_seed(seed)
-    model = _model_from_config(model_cfg)
+    model = model_from_config(model_cfg)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(CLIP_LOGIT_SCALE))
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
