@@ -187,23 +187,9 @@ def bridge_terms(
     the seed's bank, number of groups) for a family with a bridge: what any bridge estimator
     of the family is computed from."""
     name = family.name
-    phi_a = trained.embed(name, "A", torch.from_numpy(data.val.a)).to(dtype)
-    phi_c = trained.embed(name, "C", torch.from_numpy(data.val.c)).to(dtype)
-    bank = torch.from_numpy(data.bank)
-    bank_left = trained.embed(name, family.bridge[0], bank).to(dtype)
-    bank_right = trained.embed(name, family.bridge[1], bank).to(dtype)
-    left_pair, right_pair = family.pairs
-    scale_left = trained.scale(name, left_pair.left, left_pair.right)
-    scale_right = trained.scale(name, right_pair.left, right_pair.right)
-    score = get_critic(trained.critic)
-    size = options.group_size
-
-    def terms(g: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = slice(g * size, (g + 1) * size)
-        left = score(phi_a[rows], bank_left, scale_left)
-        return left, score(bank_right, phi_c[rows], scale_right)
-
-    return terms, group_count(phi_a.shape[0], size)
+    queries = trained.embed(name, "A", torch.from_numpy(data.val.a)).to(dtype)
+    candidates = trained.embed(name, "C", torch.from_numpy(data.val.c)).to(dtype)
+    return _group_terms(trained, family, data, options, dtype, queries, candidates)
 
 
 def pseudo_pair_terms(
@@ -219,13 +205,25 @@ def pseudo_pair_terms(
     the B-C model's B tower as its own candidate. This is what a user without paired data has:
     the bank's kind of item (texts) through both models' text towers. Choosing a calibration by
     the recall of these pseudo-pairs is a label-free rule."""
-    name = family.name
     count = group_count(options.val_size, options.group_size) * options.group_size
-    fresh = torch.from_numpy(
-        sample_bridge_bank(data.world, count, np.random.default_rng([seed, 4]))
-    )
-    queries = trained.embed(name, family.bridge[0], fresh).to(dtype)
-    candidates = trained.embed(name, family.bridge[1], fresh).to(dtype)
+    rng = np.random.default_rng([seed, 4])
+    fresh = torch.from_numpy(sample_bridge_bank(data.world, count, rng))
+    queries = trained.embed(family.name, family.bridge[0], fresh).to(dtype)
+    candidates = trained.embed(family.name, family.bridge[1], fresh).to(dtype)
+    return _group_terms(trained, family, data, options, dtype, queries, candidates)
+
+
+def _group_terms(
+    trained: TrainedFamilies,
+    family: FamilySpec,
+    data: SeedData,
+    options: SynthOptions,
+    dtype: torch.dtype,
+    queries: torch.Tensor,
+    candidates: torch.Tensor,
+) -> tuple[GroupTerms, int]:
+    """Groups of `group_size` (query, its own candidate) rows, scored against the seed's bank."""
+    name = family.name
     bank = torch.from_numpy(data.bank)
     bank_left = trained.embed(name, family.bridge[0], bank).to(dtype)
     bank_right = trained.embed(name, family.bridge[1], bank).to(dtype)
@@ -240,7 +238,7 @@ def pseudo_pair_terms(
         left = score(queries[rows], bank_left, scale_left)
         return left, score(bank_right, candidates[rows], scale_right)
 
-    return terms, count // size
+    return terms, group_count(queries.shape[0], size)
 
 
 def _ignore(_units: float, _message: str) -> None:
