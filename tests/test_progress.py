@@ -14,7 +14,6 @@ import threading
 import time
 from pathlib import Path
 
-import model_fixtures
 import numpy as np
 import pytest
 import torch
@@ -192,8 +191,6 @@ def test_synth_in_a_pipe_prints_progress_and_each_finished_task(monkeypatch, clo
 
 # --- a cheaper first built-in bank: text towers skip the padding -----------------------------
 
-clip_root, clip_encoder = model_fixtures.clip_root, model_fixtures.clip_encoder
-clap_root, clap_encoder = model_fixtures.clap_root, model_fixtures.clap_encoder
 TEXTS = ["Speech", "the sound of Speech", "a dog barks at the mail carrier twice", "", "x " * 90]
 TEXTS = TEXTS + [
     f"the sound of {word}" * (1 + i % 3) for i, word in enumerate("abcdefghijklmnopqrst")
