@@ -20,6 +20,7 @@ _LAZY = {
     "search",
     "QueryOptions",
     "ScoringSettings",
+    "Calibration",
     "QueryResult",
     "Hit",
     "SearchReport",

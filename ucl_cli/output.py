@@ -1,8 +1,10 @@
 """How results reach stdout: a Rich table for people, JSON lines / TSV / paths for pipes.
 
 The JSON lines schema of query results is stable: one object per ranked candidate with the keys
-    query, query_modality, rank, candidate, candidate_modality, score, method, bank
-and, when they apply, certified / lower / upper (topk), caption (caption), bridge (a list of
+    query, query_modality, rank, candidate, candidate_modality, score, method, bank,
+    temperature ([t1, t2]), normalize ("none" or "candidates")
+(temperature [1.0, 1.0] with normalize "none" is the paper's estimator), and, when they
+apply, certified / lower / upper (topk), caption (caption), bridge (a list of
 {row, text, weight}, plus truncated: true for a bank text cut to the text towers' context) and
 effective_sample_size (--explain).
 
@@ -78,6 +80,7 @@ def hit_records(results: Iterable[QueryResult]) -> Iterator[dict[str, Any]]:
                 "score": hit.score,
                 "method": result.method,
                 "bank": result.bank,
+                **result.calibration.to_json(),  # temperature [t1, t2], normalize
             }
             if hit.certified is not None:
                 record.update(certified=hit.certified, lower=hit.lower, upper=hit.upper)

@@ -15,6 +15,7 @@ from typing import Any
 _FROM = {
     "METHODS": ("ucl_cli.bridge.methods", "METHOD_NAMES"),
     "ScoringSettings": ("ucl_cli.bridge.methods", "ScoringSettings"),
+    "Calibration": ("ucl_cli.calibration", "Calibration"),
     "Listener": ("ucl_cli.bridge.listener", "Listener"),
     "SearchListener": ("ucl_cli.bridge.listener", "Listener"),  # the public API's older name
     "BridgeWeight": ("ucl_cli.bridge.pipeline", "BridgeWeight"),

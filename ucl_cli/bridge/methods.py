@@ -17,10 +17,11 @@ the bank and the candidates (e.g. CLAP: text and audio).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from ucl_cli.calibration import Calibration
 from ucl_cli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -50,14 +51,22 @@ class ScoringSettings:
 
     force_direct: run `direct` even between two separately trained models.
     nearest_rows / max_nearest_rows: `topk`'s T per candidate, and the most T per query.
+    calibration: how the bridge sum is tempered and normalised (`Calibration`; the default is
+      the paper's estimator). Only the methods that compute the bank sum (`calibrates` in the
+      table: lse, topk) use it; `check_calibration` refuses it for the others.
     """
 
     device: str = "cpu"
     force_direct: bool = False
     nearest_rows: int = NEAREST_ROWS
     max_nearest_rows: int = MAX_NEAREST_ROWS
+    calibration: Calibration = field(default_factory=Calibration)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.calibration, Calibration):
+            raise UsageError(
+                f"calibration must be a Calibration, got {type(self.calibration).__name__}"
+            )
         if min(self.nearest_rows, self.max_nearest_rows) < 1:
             raise UsageError(
                 f"nearest rows must be at least 1; got {self.nearest_rows} and "
@@ -75,6 +84,12 @@ class BridgeSide:
     # The largest norm of any bank row (a bank's manifest records it); None: measured on use.
     max_norm: float | None = None
 
+    def scaled(self, factor: float) -> BridgeSide:
+        """This side with its logit scale times `factor` (the row norm carried over)."""
+        if factor == 1.0:
+            return self
+        return replace(self, scale=self.scale * factor, max_norm=self.row_norm)
+
     @cached_property
     def row_norm(self) -> float:
         """What `topk`'s bounds take as the largest row norm: never assumed to be 1."""
@@ -91,6 +106,15 @@ class Bridge:
 
     query_side: BridgeSide
     candidate_side: BridgeSide
+
+    def tempered(self, calibration: Calibration) -> Bridge:
+        """The same bank with each side's logit scale times its temperature (t1 s1, t2 s2):
+        tempering is exactly a change of the two scales, so everything that reads `.scale`
+        (the bridge sum, `topk`'s bounds and rounding, the explanation's weights) follows."""
+        t1, t2 = calibration.query_temperature, calibration.candidate_temperature
+        if t1 == 1.0 and t2 == 1.0:
+            return self
+        return Bridge(self.query_side.scaled(t1), self.candidate_side.scaled(t2))
 
     @classmethod
     def of(
@@ -139,6 +163,8 @@ class Method:
     pairwise: bool = True
     explains: bool = False  # `--explain` can name the bank rows that carried a score
     precondition: Precondition | None = None
+    # computes the bridge sum over the bank, so `--temperature` and `--normalize` apply to it
+    calibrates: bool = False
 
     def refusal(
         self, query_model: Encoder, candidate_model: Encoder, settings: ScoringSettings
@@ -180,6 +206,25 @@ def check_direct(
     return None
 
 
+def check_calibration(method: Method, settings: ScoringSettings) -> None:
+    """A UsageError when a calibration other than the paper's is asked of a method that does
+    not compute the bridge sum (`caption` ranks through one bank text, `direct` through none):
+    the flags would silently change nothing."""
+    if settings.calibration.is_paper or method.calibrates:
+        return
+    which = ", ".join(m.name for m in METHOD_TABLE.values() if m.calibrates)
+    raise UsageError(
+        f"--temperature and --normalize change the bridge sum over the bank, which only "
+        f"{which} compute; the {method.name} method has none to change: drop the two flags "
+        f"or use --method {DEFAULT_METHOD}"
+    )
+
+
+def calibrated_method_names() -> tuple[str, ...]:
+    """The methods `--temperature` and `--normalize` apply to, in table order."""
+    return tuple(m.name for m in METHOD_TABLE.values() if m.calibrates)
+
+
 # The scoring functions as the table calls them; each imports the arithmetic (torch) on use.
 
 
@@ -192,7 +237,9 @@ def _lse(
 ) -> Scores:
     from ucl_cli.bridge.scoring import lse_scores
 
-    return lse_scores(bridge, queries, candidates, device=settings.device)
+    return lse_scores(
+        bridge, queries, candidates, device=settings.device, calibration=settings.calibration
+    )
 
 
 def _topk(
@@ -212,6 +259,7 @@ def _topk(
         nearest_rows=settings.nearest_rows,
         max_nearest_rows=settings.max_nearest_rows,
         device=settings.device,
+        calibration=settings.calibration,
     )
 
 
@@ -248,6 +296,7 @@ METHOD_TABLE: dict[str, Method] = {
             summary="exact Monte Carlo bridge score (default)",
             score=_lse,
             explains=True,
+            calibrates=True,
         ),
         Method(
             name="topk",
@@ -256,6 +305,7 @@ METHOD_TABLE: dict[str, Method] = {
             score=_topk,
             pairwise=False,
             explains=True,
+            calibrates=True,
         ),
         Method(
             name="direct",
@@ -299,9 +349,12 @@ __all__ = [
     "QUERY_NEAREST_ROWS",
     "Bridge",
     "BridgeSide",
+    "Calibration",
     "Method",
     "Scores",
     "ScoringSettings",
+    "calibrated_method_names",
+    "check_calibration",
     "check_direct",
     "method_named",
     "methods_help",

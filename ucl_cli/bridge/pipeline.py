@@ -26,9 +26,11 @@ from ucl_cli.bridge.methods import (
     Method,
     Scores,
     ScoringSettings,
+    check_calibration,
     method_named,
 )
 from ucl_cli.cache import EmbeddingCache, embed_files, open_cache
+from ucl_cli.calibration import Calibration
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import InputFileError, UsageError
 from ucl_cli.modality import Modality
@@ -40,7 +42,9 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class QueryOptions:
     """How to score. `top=None` keeps every candidate; `explain` bank items per hit; `scoring`:
-    the settings `ucl eval` shares (device, force_direct, topk's nearest rows)."""
+    the settings `ucl eval` shares (device, force_direct, topk's nearest rows, the
+    calibration: e.g. `ScoringSettings(calibration=Calibration.parse("0.25", "candidates"))`
+    for a tempered, self-normalised bridge sum; lse and topk only)."""
 
     method: str = DEFAULT_METHOD
     top: int | None = 10
@@ -83,6 +87,8 @@ class QueryResult:
     method: str
     bank: str
     hits: list[Hit]
+    # how the bridge sum was tempered and normalised (the paper's estimator unless asked)
+    calibration: Calibration = field(default_factory=Calibration)
 
 
 @dataclass
@@ -110,7 +116,8 @@ def search(
 
     options = options or QueryOptions()
     listener = listener or Listener()
-    method_named(options.method)  # an unknown method fails before any file is read
+    # an unknown method, or a calibration it cannot use, fails before any file is read
+    check_calibration(method_named(options.method), options.scoring)
     inputs = collect_query_inputs(
         queries,
         candidates,
@@ -138,6 +145,7 @@ def search_inputs(
     options = options or QueryOptions()
     listener = listener or Listener()
     chosen = method_named(options.method)
+    check_calibration(chosen, options.scoring)
     query_files, candidate_modality = inputs.queries, inputs.candidate_modality
     bank.check_models(encoders)
     own_cache = cache is None
@@ -239,7 +247,15 @@ def _search_one_direction(
                 )
             )
         results.append(
-            QueryResult(query, query_modality, candidate_modality, options.method, bank.name, hits)
+            QueryResult(
+                query,
+                query_modality,
+                candidate_modality,
+                options.method,
+                bank.name,
+                hits,
+                options.scoring.calibration,
+            )
         )
     return results
 
@@ -261,8 +277,16 @@ def _explanations(
         for n in range(queries.shape[0])
         for position in range(top)
     ]
-    device = options.scoring.device
-    explanation = explain(bridge, queries, candidates, pairs, options.explain, device=device)
+    scoring = options.scoring
+    explanation = explain(
+        bridge,
+        queries,
+        candidates,
+        pairs,
+        options.explain,
+        device=scoring.device,
+        calibration=scoring.calibration,
+    )
     out = {}
     for p, pair in enumerate(pairs):
         # A pair with no finite path lists no rows (NO_ROW, weight 0): nothing carried it.

@@ -4,16 +4,23 @@ All embeddings are float32 unit-norm rows, so cosine is a dot product and each c
 scale * dot. Vocabulary as in `methods`: N queries, M bank rows, K candidates, T nearest rows.
 
 - `lse`: the exact Monte Carlo bridge score (Lemma 1, docs/METHOD.md#the-estimator), streamed
-  over bank chunks (each chunk is a shard; `combine_partials` joins them exactly).
+  over bank chunks (each chunk is a shard; `combine_calibrated` joins them exactly).
 - `topk`: certified bounds from the T nearest bank rows of each query (exact, one pass) and of
   each candidate (FAISS), with T grown until the leading results are certified or a limit is
   reached.
 - `direct`: cosine between query and candidate, defined only when one model embeds both.
 - `caption`: the two-step baseline: the query's nearest bank text, then candidates by that text.
+
+`lse`, `topk` and `explain` take a `Calibration`
+(docs/METHOD.md#tempered-and-self-normalised-scores): temperatures t1, t2 are exactly a change
+of the two sides' logit scales (t1 s1, t2 s2, `Bridge.tempered`), and normalisation subtracts
+each candidate's own bank sum logsumexp_m(t2 s2 <x_m, y_k>) - log M. The default is the
+paper's estimator, bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -30,15 +37,16 @@ from ucl_cli.bridge.methods import (
     BridgeSide,
     Scores,
 )
+from ucl_cli.calibration import Calibration
 from ucl_cli.errors import UsageError
 from ucl_cli.estimators import (
+    BridgeBounds,
     certify_ranking,
-    combine_partials,
     explain_pairs,
-    partial_bridge_scores,
     topk_bridge_bounds,
 )
 from ucl_cli.estimators.bridge import _full_precision_matmul
+from ucl_cli.estimators.calibrated import combine_calibrated, partial_calibrated_scores
 from ucl_cli.estimators.explain import Explanation
 from ucl_cli.estimators.topk import (
     GroupedRest,
@@ -62,8 +70,12 @@ def lse_scores(
     *,
     device: str = "cpu",
     chunk: int = BANK_CHUNK,
+    calibration: Calibration | None = None,
 ) -> Scores:
-    """Exact bridge scores, one bank chunk (shard) at a time."""
+    """Exact bridge scores, one bank chunk (shard) at a time; with a `calibration`, tempered
+    and (normalize="candidates") less each candidate's own bank sum, from the same chunks.
+    The default calibration gives the paper's estimator, bit for bit."""
+    calibration = calibration or Calibration()
     q = _tensor(queries, device)
     c = _tensor(candidates, device)
     query_side, candidate_side = bridge.query_side, bridge.candidate_side
@@ -75,8 +87,8 @@ def lse_scores(
     ):
         left = query_side.scale * (q @ query_rows.T)
         right = candidate_side.scale * (candidate_rows @ c.T)
-        parts.append(partial_bridge_scores(left, right))
-    values = combine_partials(parts)
+        parts.append(partial_calibrated_scores(left, right, calibration))
+    values = combine_calibrated(parts)
     return Scores(values, _order(values))
 
 
@@ -89,6 +101,7 @@ def topk_scores(
     nearest_rows: int = NEAREST_ROWS,
     max_nearest_rows: int = MAX_NEAREST_ROWS,
     device: str = "cpu",
+    calibration: Calibration | None = None,
 ) -> Scores:
     """Certified top-T bounds: T = `nearest_rows` nearest bank rows per candidate, and per query
     T from `QUERY_NEAREST_ROWS` up. Until the first `top` positions are certified, each round
@@ -102,13 +115,49 @@ def topk_scores(
     in each IVF list, which bounds the unknown part of the sum (`GroupedRest`). The candidate
     side, thousands of candidates, goes through the FAISS index: each candidate's T nearest bank
     rows and certified ceilings on every other row, per list.
+
+    With a `calibration`, the bounds are on the calibrated score. Temperatures are a change of
+    the two logit scales (`Bridge.tempered`: t1 s1 and t2 s2 everywhere, in `PathLimits`, the
+    rounding and the ceilings), so the certificates hold as they are. Normalisation subtracts
+    each candidate's normaliser, computed exactly by `candidate_normalizers`: one streamed pass
+    over the candidate side's bank, which costs like `lse`'s candidate side (M x K products;
+    a library could store it per candidate, which is future work). The bounds are widened by
+    that pass's rounding (`PathLimits.right_error`), so a certificate stays a proof about the
+    exact calibrated score of the stored vectors.
     """
     if bridge.candidate_side.nearest is None:
         raise UsageError("the topk method needs a nearest-neighbour index on the candidate side")
+    calibration = calibration or Calibration()
+    tempered = bridge.tempered(calibration)
+    normalize = calibration.normalize == "candidates"
     with _full_precision_matmul():  # the rounding bounds assume true float32 products
-        return _topk_rounds(
-            bridge, queries, candidates, top, nearest_rows, max_nearest_rows, device
+        normalizer = (
+            candidate_normalizers(tempered.candidate_side, candidates, device)
+            if normalize
+            else None
         )
+        return _topk_rounds(
+            tempered, queries, candidates, top, nearest_rows, max_nearest_rows, device, normalizer
+        )
+
+
+def candidate_normalizers(
+    side: BridgeSide, candidates: np.ndarray, device: str = "cpu", chunk: int = BANK_CHUNK
+) -> torch.Tensor:
+    """[K] float64: logsumexp_m(scale <x_m, y_k>) - log M over every bank row of `side`, one
+    chunk at a time (float32 products, as `PathLimits` bounds them, summed in float64). Each
+    value is within `PathLimits.right_error` of the exact one (a logsumexp moves by no more
+    than the largest change of its terms)."""
+    c = _tensor(candidates, device)
+    total = torch.full((c.shape[0],), -torch.inf, dtype=torch.float64, device=device)
+    count = 0
+    for _, rows in _bank_chunks(side, device, chunk):
+        values = side.scale * (rows @ c.T)  # [chunk, K], float32 as every other path value
+        total = torch.logaddexp(total, torch.logsumexp(values.double(), dim=0))
+        count += rows.shape[0]
+    if count == 0:
+        raise UsageError("the bank is empty: no normaliser to compute")
+    return total - math.log(count)
 
 
 def _topk_rounds(
@@ -119,6 +168,7 @@ def _topk_rounds(
     nearest_rows: int,
     max_nearest_rows: int,
     device: str,
+    normalizer: torch.Tensor | None = None,
 ) -> Scores:
     candidate_side = bridge.candidate_side
     nearest = candidate_side.nearest
@@ -135,7 +185,9 @@ def _topk_rounds(
     t = min(max(nearest_rows, QUERY_NEAREST_ROWS), max_nearest_rows, bank_size)
     previous: tuple[int, float] | None = None
     while True:
-        scores = _bounded_scores(left, candidates, found, candidate_side, t, limits, device)
+        scores = _bounded_scores(
+            left, candidates, found, candidate_side, t, limits, device, normalizer
+        )
         leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
         width = _leading_width(scores, needed)
         if leading >= needed:
@@ -183,22 +235,28 @@ class PathLimits:
     queries (candidates) and of the bank rows (`BridgeSide.row_norm`: rows are never assumed
     unit). Every value is a float32 product scaled in float32, so it is within
     scale gamma_{D+2} ||q|| ||x|| of the exact one (`dot_rounding_bound`); `value_error` is
-    that for the two sides together, by which the bounds are widened.
+    that for the two sides together, by which the bounds are widened; `right_error` is the
+    candidate side's share alone (what a candidate's normaliser may be off by).
     """
 
     left_floor: float
     right_floor: float
     value_error: float
+    right_error: float = 0.0
 
     @classmethod
     def of(cls, bridge: Bridge, queries: np.ndarray, candidates: np.ndarray) -> PathLimits:
         query_side, candidate_side = bridge.query_side, bridge.candidate_side
         left = query_side.scale * _largest_norm(queries) * query_side.row_norm
         right = candidate_side.scale * _largest_norm(candidates) * candidate_side.row_norm
-        error = left * dot_rounding_bound(queries.shape[1] + 2) + right * dot_rounding_bound(
-            candidates.shape[1] + 2
+        left_error = left * dot_rounding_bound(queries.shape[1] + 2)
+        right_error = right * dot_rounding_bound(candidates.shape[1] + 2)
+        return cls(
+            left_floor=-left,
+            right_floor=-right,
+            value_error=left_error + right_error,
+            right_error=right_error,
         )
-        return cls(left_floor=-left, right_floor=-right, value_error=error)
 
 
 def _largest_norm(vectors: np.ndarray) -> float:
@@ -213,6 +271,7 @@ def _bounded_scores(
     t: int,
     limits: PathLimits,
     device: str,
+    normalizer: torch.Tensor | None = None,
 ) -> Scores:
     left_top = top_entries(left, t)  # the T-th value bounds every other row
     scale = candidate_side.scale
@@ -235,6 +294,8 @@ def _bounded_scores(
         rest=rest,
         value_error=limits.value_error,
     )
+    if normalizer is not None:
+        bounds = _normalised(bounds, normalizer, limits.right_error)
     ranking = certify_ranking(bounds)
     return Scores(
         bounds.estimate,
@@ -243,6 +304,13 @@ def _bounded_scores(
         lower=bounds.lower,
         upper=bounds.upper,
     )
+
+
+def _normalised(bounds: BridgeBounds, normalizer: torch.Tensor, error: float) -> BridgeBounds:
+    """Bounds on the bridge sum less each candidate's normaliser [K] (computed within `error`
+    of the exact one): both bounds shifted by it and widened by `error`."""
+    shift = normalizer.to(bounds.lower.device, torch.float64)[None, :]
+    return BridgeBounds(lower=bounds.lower - shift - error, upper=bounds.upper - shift + error)
 
 
 def _grouped_rest(
@@ -348,8 +416,12 @@ def explain(
     top: int,
     *,
     device: str = "cpu",
+    calibration: Calibration | None = None,
 ) -> Explanation:
-    """Bridge weights and ESS for (query, candidate) pairs; only the pairs' columns are built."""
+    """Bridge weights and ESS for (query, candidate) pairs; only the pairs' columns are built.
+    With a `calibration`, the weights are the ones its score uses: softmax over m of
+    t1 left + t2 right (normalisation, a per-candidate constant, changes no weight)."""
+    bridge = bridge.tempered(calibration or Calibration())
     rows = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=device)
     cols = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=device)
     wanted = sorted({p[1] for p in pairs})
@@ -376,6 +448,7 @@ def _tensor(array: np.ndarray, device: str) -> torch.Tensor:
 __all__ = [
     "BANK_CHUNK",
     "PathLimits",
+    "candidate_normalizers",
     "caption_scores",
     "direct_scores",
     "explain",

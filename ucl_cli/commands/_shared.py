@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ucl_cli.bank import Bank
     from ucl_cli.bank.catalog import BankChoice
     from ucl_cli.bridge.methods import ScoringSettings
+    from ucl_cli.calibration import Calibration
     from ucl_cli.encoders.base import Encoder
 
 
@@ -76,6 +77,32 @@ ALLOW_OTHER_WEIGHTS = typer.Option(
 )
 
 
+TEMPERATURE = typer.Option(
+    "1",
+    "--temperature",
+    metavar="T|T1,T2",
+    help="lse, topk: multiply the query side's and the candidate side's logit scales by T (or "
+    "T1 and T2). T < 1 lets more bank texts carry each score instead of the one or two nearest; "
+    "1 is the paper's estimator.",
+)
+NORMALIZE = typer.Option(
+    "none",
+    "--normalize",
+    metavar="none|candidates",
+    help="lse, topk: candidates divides each candidate's bridge sum by its own sum over the "
+    "bank, so a candidate close to many bank texts no longer wins every query; none (the "
+    "default) is the paper's estimator.",
+)
+
+
+def calibration_option(temperature: str, normalize: str) -> Calibration:
+    """--temperature and --normalize as a `Calibration`; a bad value is a usage error (exit 2)
+    before any model loads (the settings import no torch)."""
+    from ucl_cli.calibration import Calibration
+
+    return Calibration.parse(temperature, normalize)
+
+
 def nearest_options() -> tuple[Any, Any, Any, Any]:
     """topk's flags, for `query` and `eval`: --nearest, --nearest-max, and their old spellings
     --k and --k-max, still read but not shown (`k` also named the number of candidates). Made
@@ -111,10 +138,13 @@ def scoring_settings(
     nearest_max: int,
     old_nearest: int | None = None,
     old_nearest_max: int | None = None,
+    calibration: Calibration | None = None,
 ) -> ScoringSettings:
     """The scoring flags `query` and `eval` share; an old spelling (--k, --k-max), when given,
-    wins. A limit below the start means no growth: it is raised to the start."""
+    wins. A limit below the start means no growth: it is raised to the start. `calibration`:
+    from `calibration_option` (default: the paper's estimator)."""
     from ucl_cli.bridge.methods import ScoringSettings
+    from ucl_cli.calibration import Calibration
 
     rows = nearest if old_nearest is None else old_nearest
     most = nearest_max if old_nearest_max is None else old_nearest_max
@@ -123,6 +153,7 @@ def scoring_settings(
         force_direct=force_direct,
         nearest_rows=rows,
         max_nearest_rows=max(rows, most),
+        calibration=calibration or Calibration(),
     )
 
 

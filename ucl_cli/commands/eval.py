@@ -24,8 +24,11 @@ from ucl_cli.commands._shared import (
     IMAGE_TEXT_MODEL,
     IMAGE_TEXT_WEIGHTS,
     NO_CACHE,
+    NORMALIZE,
+    TEMPERATURE,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
+    calibration_option,
     load_models_and_bank,
     nearest_options,
     scoring_settings,
@@ -118,6 +121,8 @@ def evaluate_command(
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Measure direct cosine even between unrelated models."
     ),
+    temperature: str = TEMPERATURE,
+    normalize: str = NORMALIZE,
     nearest: int = NEAREST,
     nearest_max: int = NEAREST_MAX,
     old_nearest: int | None = OLD_NEAREST,
@@ -137,6 +142,7 @@ def evaluate_command(
     """Measure recall@k (fair ties), mean rank and 95% intervals of each method on paired data."""
     from dataclasses import replace
 
+    from ucl_cli.bridge.methods import ScoringSettings
     from ucl_cli.cache import open_cache
     from ucl_cli.commands._progress import ProgressView
     from ucl_cli.evaluation import (
@@ -148,6 +154,7 @@ def evaluate_command(
     )
     from ucl_cli.parsing import parse_ints, parse_list, parse_sizes
 
+    calibration = calibration_option(temperature, normalize)
     options = EvalOptions(
         trials=trials,
         candidates=candidates,
@@ -159,7 +166,8 @@ def evaluate_command(
         allow_leak=allow_leak,
         strict=strict,
         batch_size=batch_size,
-    )  # checked before anything slow; the scoring settings wait for the resolved device
+        scoring=ScoringSettings(calibration=calibration),
+    )  # checked before anything slow; the other scoring settings wait for the resolved device
     pairs = read_pairs(manifest)
     stderr = Console(stderr=True, highlight=False)
     loaded = load_models_and_bank(
@@ -178,6 +186,7 @@ def evaluate_command(
         nearest_max=nearest_max,
         old_nearest=old_nearest,
         old_nearest_max=old_nearest_max,
+        calibration=calibration,
     )
     options = replace(options, scoring=scoring)
     opened = loaded.bank
@@ -223,6 +232,13 @@ def _summary(console: Console, record: dict, out: Path | None, plot: Path | None
             console.print(f"  row {row['row']}: {escape(row['text'])!r} (lines {lines})")
         if len(rows) > SHOWN:
             console.print(f"  ... and {len(rows) - SHOWN:,} more (all in --out)")
+    calibration = record["options"]["scoring"].get("calibration")
+    if calibration is not None and not calibration["paper"]:
+        console.print(
+            f"[yellow]ucl:[/] {escape(calibration['description'])}: applied to "
+            f"{', '.join(calibration['applies_to'])} only (not the paper's estimator)",
+            soft_wrap=True,
+        )
     for method, reason in record["skipped_methods"].items():
         console.print(f"[yellow]ucl:[/] {method} not measured: {escape(reason)}", soft_wrap=True)
     skipped = record["manifest"]["skipped"]

@@ -17,7 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 
 # The method table imports no torch: --help and the usage check on --method stay fast.
-from ucl_cli.bridge.methods import DEFAULT_METHOD, METHOD_NAMES, methods_help
+from ucl_cli.bridge.methods import (
+    DEFAULT_METHOD,
+    METHOD_NAMES,
+    check_calibration,
+    method_named,
+    methods_help,
+)
 from ucl_cli.commands._help import UclCommand, examples
 from ucl_cli.commands._shared import (
     ALLOW_OTHER_WEIGHTS,
@@ -27,9 +33,12 @@ from ucl_cli.commands._shared import (
     IMAGE_TEXT_MODEL,
     IMAGE_TEXT_WEIGHTS,
     NO_CACHE,
+    NORMALIZE,
+    TEMPERATURE,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
     bank_rows,
+    calibration_option,
     load_models_and_bank,
     nearest_options,
     plural,
@@ -168,6 +177,8 @@ def query(
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Compute direct cosine even between unrelated models."
     ),
+    temperature: str = TEMPERATURE,
+    normalize: str = NORMALIZE,
     image_text_model: str | None = IMAGE_TEXT_MODEL,
     text_audio_model: str | None = TEXT_AUDIO_MODEL,
     image_text_weights: Path | None = IMAGE_TEXT_WEIGHTS,
@@ -194,6 +205,10 @@ def query(
     if output_format is not None and output_format not in FORMAT_NAMES:
         choices = ", ".join(FORMAT_NAMES)
         raise UsageError(f"unknown --format {output_format!r}; choose one of: {choices}")
+    from ucl_cli.bridge.methods import ScoringSettings
+
+    calibration = calibration_option(temperature, normalize)
+    check_calibration(method_named(method), ScoringSettings(calibration=calibration))
     console = Console(stderr=True, highlight=False)
     skipped: list[InputFileError] = []
 
@@ -244,6 +259,7 @@ def query(
             nearest_max=nearest_max,
             old_nearest=old_nearest,
             old_nearest_max=old_nearest_max,
+            calibration=calibration,
         ),
     )
 
@@ -271,7 +287,9 @@ def query(
     write_results(report.results, output_format or default_format())
     summary = (
         f"ranked {plural(report.candidates, 'candidate')} for "
-        f"{plural(len(report.results), 'query', 'queries')} with {method} over bank "
+        f"{plural(len(report.results), 'query', 'queries')} with {method}"
+        + ("" if calibration.is_paper else f" ({calibration.describe()})")
+        + " over bank "
         f"{escape(opened.name)} ({bank_rows(len(opened), opened.modality)}); embedded "
         f"{plural(report.embedded, 'file')}, {report.cached:,} from the cache"
     )

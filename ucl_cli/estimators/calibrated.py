@@ -29,59 +29,10 @@ from dataclasses import dataclass
 
 import torch
 
+# The settings themselves live in a torch-free module (the CLI parses them before torch loads).
+from ucl_cli.calibration import NORMALIZATIONS, Calibration
 from ucl_cli.errors import UsageError
 from ucl_cli.estimators.bridge import PartialScores, combine_partials, partial_bridge_scores
-
-NORMALIZATIONS = ("none", "candidates")
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """How the bridge sum is tempered and normalised. The default is the paper's estimator."""
-
-    query_temperature: float = 1.0  # t1, on left = s1 f_AB
-    candidate_temperature: float = 1.0  # t2, on right = s2 f_BC
-    normalize: str = "none"  # "none" or "candidates" (divide by the bank's estimate of 1)
-
-    def __post_init__(self) -> None:
-        for name in ("query_temperature", "candidate_temperature"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise UsageError(f"{name} must be a positive number, got {value}")
-        if self.normalize not in NORMALIZATIONS:
-            raise UsageError(
-                f"normalize must be one of {', '.join(NORMALIZATIONS)}, got {self.normalize!r}"
-            )
-
-    @classmethod
-    def parse(cls, temperature: str = "1", normalize: str = "none") -> Calibration:
-        """From the command line: `--temperature T` or `T1,T2`, `--normalize none|candidates`."""
-        parts = [part.strip() for part in str(temperature).split(",")]
-        try:
-            values = [float(part) for part in parts]
-        except ValueError:
-            raise UsageError(
-                f"--temperature takes a number or two separated by a comma, got {temperature!r}"
-            ) from None
-        if len(values) not in (1, 2):
-            raise UsageError(f"--temperature takes one or two numbers, got {temperature!r}")
-        t1, t2 = (values[0], values[0]) if len(values) == 1 else values
-        return cls(t1, t2, normalize)
-
-    @property
-    def is_paper(self) -> bool:
-        """True for the paper's estimator (no tempering, no normalisation)."""
-        return (self.query_temperature, self.candidate_temperature, self.normalize) == (
-            1.0,
-            1.0,
-            "none",
-        )
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "temperature": [self.query_temperature, self.candidate_temperature],
-            "normalize": self.normalize,
-        }
 
 
 @dataclass(frozen=True)
@@ -148,3 +99,13 @@ def combine_calibrated(parts: Sequence[CalibratedPartial]) -> torch.Tensor:
 
 def _tempered(values: torch.Tensor, temperature: float) -> torch.Tensor:
     return values if temperature == 1.0 else values * temperature
+
+
+__all__ = [
+    "NORMALIZATIONS",
+    "CalibratedPartial",
+    "Calibration",
+    "calibrated_scores",
+    "combine_calibrated",
+    "partial_calibrated_scores",
+]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ucl_cli.bridge.methods import METHOD_NAMES, ScoringSettings
+from ucl_cli.bridge.methods import METHOD_NAMES, METHOD_TABLE, ScoringSettings
 from ucl_cli.errors import UsageError
 from ucl_cli.modality import Modality
 
@@ -27,8 +27,10 @@ class EvalOptions:
     allow_leak: keep bank items equal to a manifest caption (they are reported either way).
     strict: an unreadable file is an error, instead of leaving its item out.
     block_items: most items scored in one [items, items] matrix (memory: its square in floats).
-    scoring: what `ucl query` shares (device, force_direct, topk's nearest rows); topk
-      certifies the leading max(ks) positions of each trial.
+    scoring: what `ucl query` shares (device, force_direct, topk's nearest rows, the
+      calibration); topk certifies the leading max(ks) positions of each trial. A calibration
+      other than the paper's applies to the methods that compute the bridge sum (lse, topk)
+      only; the others are measured as they are (`calibrated_methods`, and the report says so).
     """
 
     trials: int = 100
@@ -58,6 +60,11 @@ class EvalOptions:
             )
         if len(set(self.methods)) != len(self.methods):
             raise UsageError(f"a method is named twice in {', '.join(self.methods)}")
+        if not self.scoring.calibration.is_paper and not self.calibrated_methods:
+            raise UsageError(
+                "--temperature and --normalize change the bridge sum over the bank, which "
+                f"none of {', '.join(self.methods)} computes; measure lse or topk with them"
+            )
         if self.trials < 1:
             raise UsageError(f"trials must be at least 1; got {self.trials}")
         if self.candidates < 2:
@@ -75,6 +82,11 @@ class EvalOptions:
                 f"block_items ({self.block_items}) must hold one trial "
                 f"({self.candidates} candidates)"
             )
+
+    @property
+    def calibrated_methods(self) -> tuple[str, ...]:
+        """The requested methods the calibration applies to (those computing the bank sum)."""
+        return tuple(name for name in self.methods if METHOD_TABLE[name].calibrates)
 
     @property
     def query_modality(self) -> Modality:

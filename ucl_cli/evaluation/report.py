@@ -113,6 +113,7 @@ class EvalReport:
 
     def to_json(self) -> dict[str, Any]:
         options = dataclasses.asdict(self.options)
+        options["scoring"]["calibration"] = self._calibration()
         record = {
             "format": FORMAT,
             "options": {key: list(v) if isinstance(v, tuple) else v for key, v in options.items()},
@@ -157,6 +158,17 @@ class EvalReport:
             "seconds": self.seconds,
         }
         return _without_nan(record)
+
+    def _calibration(self) -> dict[str, Any]:
+        """options.scoring.calibration: temperature [t1, t2], normalize, whether it is the
+        paper's estimator, in words, and the measured methods it applied to."""
+        calibration = self.options.scoring.calibration
+        return {
+            **calibration.to_json(),
+            "paper": calibration.is_paper,
+            "description": calibration.describe(),
+            "applies_to": list(self.options.calibrated_methods),
+        }
 
 
 def _without_nan(value: Any) -> Any:

@@ -13,6 +13,11 @@ def results_table(record: dict[str, Any]) -> Table:
     ks = [str(k) for k in record["options"]["ks"]]
     chance = record["chance"]
     level = round(100 * record["options"]["confidence"])
+    calibration = record["options"].get("scoring", {}).get("calibration")
+    calibrated = ""
+    if calibration is not None and not calibration["paper"]:  # older reports have none
+        applies = ", ".join(calibration["applies_to"])
+        calibrated = f"; {applies}: {calibration['description']} (not the paper's estimator)"
     table = Table(
         title=(
             f"{protocol['direction']}: {record['manifest']['usable_items']:,} items, "
@@ -23,6 +28,7 @@ def results_table(record: dict[str, Any]) -> Table:
             f"mean [{level}% interval over trials]; chance: "
             + ", ".join(f"R@{k} {chance['recall'][k]:.3f}" for k in ks)
             + f", mean rank {chance['mean_rank']:.1f}"
+            + calibrated
         ),
     )
     table.add_column("method")
