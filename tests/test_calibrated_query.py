@@ -18,12 +18,9 @@ import planted_backend as planted
 import pytest
 import torch
 from test_certificates import (
-    aimed_at_worst_rows,
+    adversarial_case,
     check_against_exact,
     flat,
-    ivf,
-    near_tie_candidates,
-    tight_clusters,
     unit,
 )
 from test_eval import concept_manifest, run_eval
@@ -127,25 +124,13 @@ def test_settings_reach_lse_through_the_method_table():
 def test_topk_bounds_contain_the_exact_calibrated_score_and_certify_true_ranks(
     calibration, seed, centres, per_centre, nlist
 ):
-    rng = np.random.default_rng(seed)
-    dim, s1, s2 = 32, 100.0, 33.0
-    right_bank, middle = tight_clusters(rng, centres, per_centre, dim)
-    left_bank = unit(np.repeat(unit(rng.standard_normal((centres, dim))), per_centre, axis=0))
-    left_bank = unit(left_bank + 1e-4 * rng.standard_normal(left_bank.shape))
-    index = flat(right_bank) if nlist is None else ivf(right_bank, nlist)
-    queries = unit(left_bank[rng.integers(len(left_bank), size=3)])
-    if nlist is None:
-        aimed = unit(middle[rng.integers(centres, size=20)] + 1e-3 * rng.standard_normal((20, dim)))
-    else:
-        aimed = aimed_at_worst_rows(right_bank, index, 20)
-    near = unit(right_bank[rng.integers(len(right_bank), size=20)])
-    candidates = np.concatenate([aimed, near, near_tie_candidates(rng, dim, 10, 1e-7)])
-    left = BridgeSide(left_bank, s1)
-    right = BridgeSide(right_bank, s2, CertifiedNearest(index, right_bank, nprobe=1))
-    scores = topk_scores(
-        Bridge(left, right), queries, candidates, top=10, nearest_rows=8, calibration=calibration
+    left_bank, right_bank, bridge, queries, candidates = adversarial_case(
+        seed, centres, per_centre, nlist, aimed=20
     )
-    exact = reference(queries, candidates, left_bank, right_bank, s1, s2, calibration)
+    scores = topk_scores(
+        bridge, queries, candidates, top=10, nearest_rows=8, calibration=calibration
+    )
+    exact = reference(queries, candidates, left_bank, right_bank, 100.0, 33.0, calibration)
     checked, certified = check_against_exact(scores, exact)
     assert checked == 3 * len(candidates)
     assert certified >= 1  # sound, and not vacuous

@@ -166,11 +166,10 @@ def test_near_ties_in_a_fully_known_bank_are_never_certified_in_the_wrong_order(
 # --- property: random tight-cluster banks, small (Flat) and IVF-sized -------------------------
 
 
-@pytest.mark.parametrize(
-    ("seed", "centres", "per_centre", "nlist"),
-    [(0, 40, 20, None), (1, 60, 15, None), (2, 200, 100, 200), (3, 250, 80, 250)],
-)
-def test_topk_bounds_and_certified_ranks_hold_in_float64(seed, centres, per_centre, nlist):
+def adversarial_case(seed: int, centres: int, per_centre: int, nlist: int | None, aimed: int):
+    """Tight clusters on both sides, 3 queries, and candidates aimed at the worst rows (or
+    cluster centres), at stored rows and at near ties 1e-7 apart: (left_bank, right_bank,
+    Bridge with a certified search of nprobe 1, queries, candidates), scales 100 and 33."""
     rng = np.random.default_rng(seed)
     dim, s1, s2 = 32, 100.0, 33.0
     right_bank, middle = tight_clusters(rng, centres, per_centre, dim)
@@ -179,15 +178,27 @@ def test_topk_bounds_and_certified_ranks_hold_in_float64(seed, centres, per_cent
     index = flat(right_bank) if nlist is None else ivf(right_bank, nlist)
     queries = unit(left_bank[rng.integers(len(left_bank), size=3)])
     if nlist is None:
-        aimed = unit(middle[rng.integers(centres, size=30)] + 1e-3 * rng.standard_normal((30, dim)))
+        centre = middle[rng.integers(centres, size=aimed)]
+        towards = unit(centre + 1e-3 * rng.standard_normal((aimed, dim)))
     else:
-        aimed = aimed_at_worst_rows(right_bank, index, 30)
-    near = unit(right_bank[rng.integers(len(right_bank), size=30)])
-    candidates = np.concatenate([aimed, near, near_tie_candidates(rng, dim, 10, 1e-7)])
+        towards = aimed_at_worst_rows(right_bank, index, aimed)
+    near = unit(right_bank[rng.integers(len(right_bank), size=aimed)])
+    candidates = np.concatenate([towards, near, near_tie_candidates(rng, dim, 10, 1e-7)])
     left = BridgeSide(left_bank, s1)
     right = BridgeSide(right_bank, s2, CertifiedNearest(index, right_bank, nprobe=1))
-    scores = topk_scores(Bridge(left, right), queries, candidates, top=10, nearest_rows=8)
-    exact = exact_scores(queries, candidates, left_bank, right_bank, s1, s2)
+    return left_bank, right_bank, Bridge(left, right), queries, candidates
+
+
+@pytest.mark.parametrize(
+    ("seed", "centres", "per_centre", "nlist"),
+    [(0, 40, 20, None), (1, 60, 15, None), (2, 200, 100, 200), (3, 250, 80, 250)],
+)
+def test_topk_bounds_and_certified_ranks_hold_in_float64(seed, centres, per_centre, nlist):
+    left_bank, right_bank, bridge, queries, candidates = adversarial_case(
+        seed, centres, per_centre, nlist, aimed=30
+    )
+    scores = topk_scores(bridge, queries, candidates, top=10, nearest_rows=8)
+    exact = exact_scores(queries, candidates, left_bank, right_bank, 100.0, 33.0)
     checked, certified = check_against_exact(scores, exact)
     assert checked == 3 * len(candidates)
     assert certified >= 30  # sound, and still useful: most leading ranks are proven

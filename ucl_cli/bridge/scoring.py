@@ -76,9 +76,13 @@ def lse_scores(
     and (normalize="candidates") less each candidate's own bank sum, from the same chunks.
     The default calibration gives the paper's estimator, bit for bit."""
     calibration = calibration or Calibration()
+    # Temperatures ride on the logit scales (`Bridge.tempered`), as in topk and explain: the
+    # products are scaled once, with no second pass over each chunk to temper it.
+    tempered = bridge.tempered(calibration)
+    normalize_only = Calibration(normalize=calibration.normalize)
     q = _tensor(queries, device)
     c = _tensor(candidates, device)
-    query_side, candidate_side = bridge.query_side, bridge.candidate_side
+    query_side, candidate_side = tempered.query_side, tempered.candidate_side
     parts = []
     for (_, query_rows), (_, candidate_rows) in zip(
         _bank_chunks(query_side, device, chunk),
@@ -87,7 +91,7 @@ def lse_scores(
     ):
         left = query_side.scale * (q @ query_rows.T)
         right = candidate_side.scale * (candidate_rows @ c.T)
-        parts.append(partial_calibrated_scores(left, right, calibration))
+        parts.append(partial_calibrated_scores(left, right, normalize_only))
     values = combine_calibrated(parts)
     return Scores(values, _order(values))
 
