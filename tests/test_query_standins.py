@@ -144,3 +144,39 @@ def test_audio_query_through_the_builtin_bank(standins, inputs, tmp_path):
     assert hits[0]["bank"].startswith("audioset-")
     assert hits[0]["query_modality"] == "audio" and hits[0]["candidate_modality"] == "image"
     assert 1.0 <= hits[0]["effective_sample_size"] <= 1054
+
+
+def test_calibrate_runs_end_to_end_and_query_then_uses_what_it_stored(standins, inputs, tmp_path):
+    from skimage import data
+
+    home = tmp_path / "home"
+    indexed = ucl(standins, home, "index", str(inputs / "captions.txt"), "--bank", "demo")
+    assert indexed.returncode == 0, indexed.stderr
+    sounds = sorted((inputs / "audio").iterdir())[:4]
+    rows = ["image,audio,caption"]
+    for name, sound in zip(("astronaut", "camera", "coffee", "chelsea"), sounds, strict=True):
+        image = tmp_path / f"{name}.png"
+        Image.fromarray(getattr(data, name)()).save(image)
+        rows.append(f"{image},{sound},a picture of {name}")
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    fitted = ucl(
+        standins, home, "calibrate", str(manifest), "--bank", "demo", "--folds", "2",
+        "--candidates", "2", "--trials", "3", "--temperatures", "1,0.5", "--device", "cpu",
+        "--out", str(tmp_path / "fit.json"),
+    )  # fmt: skip
+    assert fitted.returncode == 0, fitted.stderr
+    assert "ucl: stored in bank demo for image->audio" in fitted.stderr
+    record = json.loads((tmp_path / "fit.json").read_text())
+    assert record["manifest"]["usable_items"] == 4 and len(record["folds"]) == 2
+    stored = record["stored"]
+
+    queried = ucl(
+        standins, home, "query", str(tmp_path / "coffee.png"), "--candidates",
+        str(inputs / "audio"), "--bank", "demo", "--device", "cpu",
+    )  # fmt: skip
+    assert queried.returncode == 0, queried.stderr
+    hit = json.loads(queried.stdout.splitlines()[0])
+    assert hit["temperature"] == stored["temperature"]
+    assert hit["normalize"] == stored["normalize"]
+    assert queried.stderr.count("bank demo's calibration for image->audio") == 1

@@ -15,6 +15,8 @@ class UclCommand(TyperCommand):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.help:  # Rich keeps a docstring's line breaks: rejoin each paragraph
+            self.help = "\n\n".join(" ".join(part.split()) for part in self.help.split("\n\n"))
         for param in self.params:
             if isinstance(param, TyperArgument):
                 _plain_argument(param)

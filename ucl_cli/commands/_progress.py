@@ -17,6 +17,7 @@ import math
 import time
 from collections import deque
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -35,6 +36,9 @@ from rich.text import Text
 
 from ucl_cli.bank.indexer import ROW_NOUNS, IndexListener, IndexReport
 from ucl_cli.errors import InputFileError
+
+if TYPE_CHECKING:
+    from ucl_cli.bridge.listener import Listener
 
 # Skipped inputs of `ucl index` are named one by one up to this many; the rest are only counted.
 SHOWN_SKIPS = 10
@@ -272,3 +276,16 @@ class IndexProgress(IndexListener):
             self.view.say(f"skipping {escape(str(name))}: {escape(reason)}")
         elif self.skips == SHOWN_SKIPS + 1:
             self.view.say("(further skipped inputs are only counted)")
+
+
+def stage_listener(view: ProgressView) -> Listener:
+    """A run's stages and skipped files on the progress view (`ucl eval`, `ucl calibrate`)."""
+    from ucl_cli.bridge.listener import Listener
+
+    def on_skip(error: InputFileError) -> None:
+        view.say(f"skipping {escape(str(error))}")
+
+    def on_stage(text: str, total: int) -> None:
+        view.stage(text, total or None)
+
+    return Listener(on_skip=on_skip, on_stage=on_stage, on_advance=view.advance)

@@ -78,29 +78,87 @@ ALLOW_OTHER_WEIGHTS = typer.Option(
 
 
 TEMPERATURE = typer.Option(
-    "1",
+    None,
     "--temperature",
     metavar="T|T1,T2",
     help="lse, topk: multiply the query side's and the candidate side's logit scales by T (or "
     "T1 and T2). T < 1 lets more bank texts carry each score instead of the one or two nearest; "
-    "1 is the paper's estimator.",
+    "1 is the paper's estimator. Default: the bank's calibration (ucl calibrate), else 1.",
+    show_default=False,
 )
 NORMALIZE = typer.Option(
-    "none",
+    None,
     "--normalize",
     metavar="none|candidates",
     help="lse, topk: candidates divides each candidate's bridge sum by its own sum over the "
-    "bank, so a candidate close to many bank texts no longer wins every query; none (the "
-    "default) is the paper's estimator.",
+    "bank, so a candidate close to many bank texts no longer wins every query; none is the "
+    "paper's estimator. Default: the bank's calibration (ucl calibrate), else none.",
+    show_default=False,
+)
+NO_CALIBRATION = typer.Option(
+    False,
+    "--no-calibration",
+    help="Ignore the calibration ucl calibrate stored in the bank: the paper's estimator "
+    "(unless --temperature or --normalize say otherwise).",
 )
 
 
-def calibration_option(temperature: str, normalize: str) -> Calibration:
-    """--temperature and --normalize as a `Calibration`; a bad value is a usage error (exit 2)
-    before any model loads (the settings import no torch)."""
+def calibration_option(temperature: str | None, normalize: str | None) -> Calibration | None:
+    """--temperature and --normalize as a `Calibration`, None when neither was given (the
+    bank's stored calibration may then apply); a bad value is a usage error (exit 2) before
+    any model loads (the settings import no torch)."""
     from ucl_cli.calibration import Calibration
 
-    return Calibration.parse(temperature, normalize)
+    if temperature is None and normalize is None:
+        return None
+    return Calibration.parse(temperature or "1", normalize or "none")
+
+
+def resolve_calibration(
+    given: Calibration | None,
+    *,
+    no_calibration: bool,
+    bank: Bank,
+    encoders: Sequence[Encoder],
+    direction: str | None,
+    applies: bool,
+    console: Console,
+) -> Calibration:
+    """The calibration a run uses: the flags when given; else, unless --no-calibration, the
+    bank's stored one for `direction` (None: the queries mix directions) when the run has a
+    method it `applies` to, said once on stderr; else the paper's estimator."""
+    from rich.markup import escape
+
+    from ucl_cli.bank.calibrations import applicable_calibration
+    from ucl_cli.bridge.pipeline import encoder_for
+    from ucl_cli.calibration import Calibration
+    from ucl_cli.errors import UsageError
+    from ucl_cli.modality import Modality
+
+    if given is not None:
+        return given
+    if no_calibration or not applies or direction is None:
+        return Calibration()
+    query, candidate = (Modality(side) for side in direction.split("->"))
+    try:
+        models = [
+            encoder_for(encoders, side, Modality(bank.modality)) for side in (query, candidate)
+        ]
+    except UsageError:
+        return Calibration()  # the run itself reports the missing model
+    found = applicable_calibration(bank, direction, *models)
+    if found.note is not None:
+        console.print(f"[yellow]ucl:[/] {escape(found.note)}", soft_wrap=True)
+    if found.stored is None:
+        return Calibration()
+    stored = found.stored
+    console.print(
+        f"ucl: bank {escape(bank.name)}'s calibration for {direction}: "
+        f"{escape(stored.calibration.describe())} ({escape(stored.evidence())}); "
+        "--no-calibration for the paper's estimator",
+        soft_wrap=True,
+    )
+    return stored.calibration
 
 
 def nearest_options() -> tuple[Any, Any, Any, Any]:

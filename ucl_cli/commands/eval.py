@@ -8,7 +8,6 @@ lives in `ucl_cli.evaluation`; this file parses options, loads models and bank, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -24,6 +23,7 @@ from ucl_cli.commands._shared import (
     IMAGE_TEXT_MODEL,
     IMAGE_TEXT_WEIGHTS,
     NO_CACHE,
+    NO_CALIBRATION,
     NORMALIZE,
     TEMPERATURE,
     TEXT_AUDIO_MODEL,
@@ -31,16 +31,12 @@ from ucl_cli.commands._shared import (
     calibration_option,
     load_models_and_bank,
     nearest_options,
+    resolve_calibration,
     scoring_settings,
 )
 from ucl_cli.files import write_json_file
 
 NEAREST, NEAREST_MAX, OLD_NEAREST, OLD_NEAREST_MAX = nearest_options()
-
-if TYPE_CHECKING:
-    from ucl_cli.bridge.listener import Listener
-    from ucl_cli.commands._progress import ProgressView
-    from ucl_cli.errors import InputFileError
 
 # Leaked bank rows and skipped items named one by one on stderr; the rest are counted.
 SHOWN = 5
@@ -121,8 +117,9 @@ def evaluate_command(
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Measure direct cosine even between unrelated models."
     ),
-    temperature: str = TEMPERATURE,
-    normalize: str = NORMALIZE,
+    temperature: str | None = TEMPERATURE,
+    normalize: str | None = NORMALIZE,
+    no_calibration: bool = NO_CALIBRATION,
     nearest: int = NEAREST,
     nearest_max: int = NEAREST_MAX,
     old_nearest: int | None = OLD_NEAREST,
@@ -144,7 +141,8 @@ def evaluate_command(
 
     from ucl_cli.bridge.methods import ScoringSettings
     from ucl_cli.cache import open_cache
-    from ucl_cli.commands._progress import ProgressView
+    from ucl_cli.calibration import Calibration
+    from ucl_cli.commands._progress import ProgressView, stage_listener
     from ucl_cli.evaluation import (
         EvalOptions,
         evaluate,
@@ -154,7 +152,7 @@ def evaluate_command(
     )
     from ucl_cli.parsing import parse_ints, parse_list, parse_sizes
 
-    calibration = calibration_option(temperature, normalize)
+    given = calibration_option(temperature, normalize)
     options = EvalOptions(
         trials=trials,
         candidates=candidates,
@@ -166,7 +164,7 @@ def evaluate_command(
         allow_leak=allow_leak,
         strict=strict,
         batch_size=batch_size,
-        scoring=ScoringSettings(calibration=calibration),
+        scoring=ScoringSettings(calibration=given or Calibration()),
     )  # checked before anything slow; the other scoring settings wait for the resolved device
     pairs = read_pairs(manifest)
     stderr = Console(stderr=True, highlight=False)
@@ -179,6 +177,17 @@ def evaluate_command(
         allow_other_weights=allow_other_weights,
         console=stderr,
     )
+    calibration = resolve_calibration(
+        given,
+        no_calibration=no_calibration,
+        bank=loaded.bank,
+        encoders=loaded.encoders,
+        direction=options.direction,
+        applies=bool(options.calibrated_methods),
+        console=stderr,
+    )
+    if given is None and not calibration.is_paper:
+        _same_pairs_warning(loaded.bank, options.direction, pairs.sha256, stderr)
     scoring = scoring_settings(
         loaded.device,
         force_direct=force_direct,
@@ -205,7 +214,7 @@ def evaluate_command(
             bank=opened,
             options=options,
             cache=cache,
-            listener=_listener(view),
+            listener=stage_listener(view),
         )
     record = report.to_json()
     if out is not None:
@@ -216,6 +225,20 @@ def evaluate_command(
         plot_report(record, plot)
     Console(highlight=False, width=max(Console().width, 120)).print(results_table(record))
     _summary(stderr, record, out, plot)
+
+
+def _same_pairs_warning(bank, direction: str, sha256: str, console: Console) -> None:
+    """The bank's calibration was chosen on these very pairs: their recall is not held out."""
+    from ucl_cli.bank.calibrations import read_calibrations
+
+    entry = read_calibrations(bank.path).get(direction)
+    if entry is not None and entry.pairs.get("sha256") == sha256:
+        console.print(
+            "[yellow]ucl:[/] the bank's calibration was chosen on these same pairs, so lse and "
+            "topk recall here is not held out (ucl calibrate printed the held-out numbers); "
+            "--no-calibration measures the paper's estimator",
+            soft_wrap=True,
+        )
 
 
 def _summary(console: Console, record: dict, out: Path | None, plot: Path | None) -> None:
@@ -260,16 +283,3 @@ def _summary(console: Console, record: dict, out: Path | None, plot: Path | None
     for path in (out, plot):
         if path is not None:
             console.print(f"wrote {escape(str(path))}")
-
-
-def _listener(view: ProgressView) -> Listener:
-    """The evaluation's stages and skipped files, on the shared progress view."""
-    from ucl_cli.bridge.listener import Listener
-
-    def on_skip(error: InputFileError) -> None:
-        view.say(f"skipping {escape(str(error))}")
-
-    def on_stage(text: str, total: int) -> None:
-        view.stage(text, total or None)
-
-    return Listener(on_skip=on_skip, on_stage=on_stage, on_advance=view.advance)

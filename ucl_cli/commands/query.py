@@ -33,6 +33,7 @@ from ucl_cli.commands._shared import (
     IMAGE_TEXT_MODEL,
     IMAGE_TEXT_WEIGHTS,
     NO_CACHE,
+    NO_CALIBRATION,
     NORMALIZE,
     TEMPERATURE,
     TEXT_AUDIO_MODEL,
@@ -42,6 +43,7 @@ from ucl_cli.commands._shared import (
     load_models_and_bank,
     nearest_options,
     plural,
+    resolve_calibration,
     scoring_settings,
 )
 from ucl_cli.errors import InputFileError, UsageError
@@ -177,8 +179,9 @@ def query(
     force_direct: bool = typer.Option(
         False, "--force-direct", help="Compute direct cosine even between unrelated models."
     ),
-    temperature: str = TEMPERATURE,
-    normalize: str = NORMALIZE,
+    temperature: str | None = TEMPERATURE,
+    normalize: str | None = NORMALIZE,
+    no_calibration: bool = NO_CALIBRATION,
     image_text_model: str | None = IMAGE_TEXT_MODEL,
     text_audio_model: str | None = TEXT_AUDIO_MODEL,
     image_text_weights: Path | None = IMAGE_TEXT_WEIGHTS,
@@ -207,8 +210,9 @@ def query(
         raise UsageError(f"unknown --format {output_format!r}; choose one of: {choices}")
     from ucl_cli.bridge.methods import ScoringSettings
 
-    calibration = calibration_option(temperature, normalize)
-    check_calibration(method_named(method), ScoringSettings(calibration=calibration))
+    given = calibration_option(temperature, normalize)
+    if given is not None:
+        check_calibration(method_named(method), ScoringSettings(calibration=given))
     console = Console(stderr=True, highlight=False)
     skipped: list[InputFileError] = []
 
@@ -246,6 +250,15 @@ def query(
     from ucl_cli.output import default_format, write_results
 
     opened = loaded.bank
+    calibration = resolve_calibration(
+        given,
+        no_calibration=no_calibration,
+        bank=opened,
+        encoders=loaded.encoders,
+        direction=_direction(inputs),
+        applies=method_named(method).calibrates,
+        console=console,
+    )
     options = QueryOptions(
         method=method,
         top=top or None,
@@ -301,6 +314,16 @@ def query(
     console.print(f"[dim]{summary}[/]", soft_wrap=True)
     if report.failed_queries:
         raise typer.Exit(1)
+
+
+def _direction(inputs: QueryInputs) -> str | None:
+    """The direction (image->audio or audio->image) when every query is of the other modality
+    than the candidates; None otherwise (no one stored calibration fits them all)."""
+    kinds = {file.modality for file in inputs.queries.files}
+    candidate = inputs.candidate_modality
+    if len(kinds) != 1 or candidate in kinds:
+        return None
+    return f"{next(iter(kinds)).value}->{candidate.value}"
 
 
 def _same_modality_notice(inputs: QueryInputs, console: Console) -> None:

@@ -157,7 +157,7 @@ class EvalReport:
             "versions": dict(self.versions),
             "seconds": self.seconds,
         }
-        return _without_nan(record)
+        return without_nan(record)
 
     def _calibration(self) -> dict[str, Any]:
         """options.scoring.calibration: temperature [t1, t2], normalize, whether it is the
@@ -171,11 +171,11 @@ class EvalReport:
         }
 
 
-def _without_nan(value: Any) -> Any:
+def without_nan(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {key: _without_nan(item) for key, item in value.items()}
+        return {key: without_nan(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_without_nan(item) for item in value]
+        return [without_nan(item) for item in value]
     return value

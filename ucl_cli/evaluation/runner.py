@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -49,7 +50,7 @@ from ucl_cli.modality import Modality
 
 
 @dataclass
-class _Embedded:
+class EmbeddedPairs:
     """Per usable item: the query-side and candidate-side vectors (rows aligned with items)."""
 
     items: list[PairedItem]
@@ -58,6 +59,19 @@ class _Embedded:
     skipped: list[SkippedItem] = field(default_factory=list)
     embedded: int = 0
     cached: int = 0
+
+
+class PairSides(Protocol):
+    """What embedding a manifest's pairs needs to know of a run's options."""
+
+    batch_size: int | None
+    strict: bool
+
+    @property
+    def query_modality(self) -> Modality: ...
+
+    @property
+    def candidate_modality(self) -> Modality: ...
 
 
 @dataclass(frozen=True)
@@ -100,7 +114,7 @@ def evaluate(
     own_cache = cache is None
     cache = cache or open_cache()
     try:
-        embedded = _embed(pairs, query_model, candidate_model, options, cache, listener)
+        embedded = embed_pairs(pairs, query_model, candidate_model, options, cache, listener)
     finally:
         if own_cache:
             cache.close()
@@ -146,15 +160,17 @@ def _runnable(
     return methods, skipped
 
 
-def _embed(
+def embed_pairs(
     pairs: PairManifest,
     query_model: Encoder,
     candidate_model: Encoder,
-    options: EvalOptions,
+    options: PairSides,
     cache: EmbeddingCache,
     listener: Listener,
-) -> _Embedded:
-    """Embed each distinct file once; drop the items whose query or candidate file failed."""
+) -> EmbeddedPairs:
+    """Embed each distinct file once; drop the items whose query or candidate file failed.
+    Shared by `evaluate` and `ucl calibrate` (`options`: either's, for the direction, batch
+    size and strictness)."""
     sides = (
         (query_model, options.query_modality),
         (candidate_model, options.candidate_modality),
@@ -194,14 +210,14 @@ def _embed(
         candidate_rows.append(vectors[1][candidate_file])
     if not items:
         raise UsageError(f"no item of {pairs.path} has two readable files")
-    return _Embedded(
+    return EmbeddedPairs(
         items, np.stack(query_rows), np.stack(candidate_rows), skipped, embedded, cached
     )
 
 
 def _measure(
     methods: list[Method],
-    embedded: _Embedded,
+    embedded: EmbeddedPairs,
     trials: np.ndarray,
     plan: _BankPlan,
     options: EvalOptions,
@@ -237,7 +253,7 @@ def _result(
     method: Method,
     size: int | None,
     scorer: Scorer,
-    embedded: _Embedded,
+    embedded: EmbeddedPairs,
     trials: np.ndarray,
     options: EvalOptions,
     forced: bool = False,
@@ -256,4 +272,4 @@ def _file(item: PairedItem, modality: Modality) -> Path:
     return item.image if modality is Modality.IMAGE else item.audio
 
 
-__all__ = ["evaluate"]
+__all__ = ["EmbeddedPairs", "PairSides", "embed_pairs", "evaluate"]

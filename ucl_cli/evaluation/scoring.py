@@ -32,10 +32,14 @@ Scorer = Callable[[np.ndarray, np.ndarray], torch.Tensor]
 
 @dataclass(frozen=True)
 class TrialMetrics:
-    """Per-trial averages over the trial's queries (fair ties): recall@k and the mean rank."""
+    """Per-trial averages over the trial's queries (fair ties): recall@k, the mean rank, and
+    the log-likelihood of the positive when the trial's scores are read as log density ratios
+    (log softmax over the trial's candidates: a proper scoring rule, which `ucl calibrate`
+    selects by)."""
 
     recall: dict[int, np.ndarray]  # k -> float64 [trials]
     mean_rank: np.ndarray  # float64 [trials]
+    log_likelihood: np.ndarray  # float64 [trials]
 
 
 def method_scorer(method: Method, bridge: Bridge, settings: ScoringSettings, top: int) -> Scorer:
@@ -64,6 +68,7 @@ def measure_trials(
     count, size = trials.shape
     recall = {k: np.empty(count) for k in ks}
     mean_rank = np.empty(count)
+    log_likelihood = np.empty(count)
     positives = torch.arange(size)
     for trial_ids, items in trial_blocks(trials, block_items):
         values = scorer(queries[items], candidates[items]).detach().cpu()
@@ -76,4 +81,16 @@ def measure_trials(
         better, tied = positive_rank_bounds(flat, flat_positives)
         ranks = better.double() + 1.0 + tied.double() / 2.0
         mean_rank[trial_ids] = ranks.reshape(-1, size).mean(dim=1).numpy()
-    return TrialMetrics(recall, mean_rank)
+        positive_log_p = _positive_log_probability(flat, flat_positives)
+        log_likelihood[trial_ids] = positive_log_p.reshape(-1, size).mean(dim=1).numpy()
+    return TrialMetrics(recall, mean_rank, log_likelihood)
+
+
+def _positive_log_probability(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """log softmax of each row's positive, in float64. A row with no finite score carries no
+    information: uniform (-log K); a positive at -inf beside finite others: -inf."""
+    values = scores.double()
+    blank = torch.isneginf(values).all(dim=1, keepdim=True)
+    values = torch.where(blank, torch.zeros_like(values), values)
+    log_p = values.log_softmax(dim=1)
+    return log_p.gather(1, positives[:, None]).squeeze(1)

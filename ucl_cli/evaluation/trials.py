@@ -23,14 +23,17 @@ _TRIAL_STREAM = 0
 _BANK_STREAM = 1
 
 
-def draw_trials(items: int, trials: int, candidates: int, seed: int) -> np.ndarray:
-    """int64 [trials, candidates]: each row distinct item indices in [0, items)."""
+def draw_trials(
+    items: int, trials: int, candidates: int, seed: int, stream: tuple[int, ...] = ()
+) -> np.ndarray:
+    """int64 [trials, candidates]: each row distinct item indices in [0, items). `stream`
+    names an independent draw of the same seed (`ucl calibrate`: one per fold)."""
     if candidates > items:
         raise UsageError(
             f"a trial needs {candidates} distinct items but the manifest has {items} usable "
             f"items; lower --candidates or add items"
         )
-    rng = np.random.default_rng([seed, _TRIAL_STREAM])
+    rng = np.random.default_rng([seed, _TRIAL_STREAM, *stream])
     return np.stack([rng.choice(items, size=candidates, replace=False) for _ in range(trials)])
 
 
