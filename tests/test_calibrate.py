@@ -95,16 +95,17 @@ def planted_pairs(tmp_path_factory):
         VectorEncoder("v:text-audio", ("text", "audio")),
     ]
     items = [text_item(f"text {m}") for m in range(BANK_ROWS)]
-    bank = save_bank(tmp_path_factory.mktemp("vmf") / "bank", items, [b1, b2], models)
+    path = tmp_path_factory.mktemp("vmf") / "bank"
+    bank = save_bank(path, items, [b1, b2], models)
     rows = rng.integers(BANK_ROWS, size=PAIRS)
     queries = von_mises_fisher(b1[rows].astype(np.float64), KAPPA, rng).astype(np.float32)
     candidates = von_mises_fisher(b2[rows].astype(np.float64), KAPPA, rng).astype(np.float32)
-    yield queries, candidates, Bridge.of(bank, *models)
+    yield queries, candidates, Bridge.of(bank, *models), path
     bank.close()
 
 
 def test_cross_validation_recovers_the_planted_temperature_with_normalisation(planted_pairs):
-    queries, candidates, bridge = planted_pairs
+    queries, candidates, bridge, _ = planted_pairs
     options = CalibrateOptions(folds=4, trials=60, temperatures=(1.0, 0.25, 0.0625))
     fit = fit_calibration(queries, candidates, bridge, options)
     assert fit.grid[fit.chosen] == Calibration(0.25, 0.25, "candidates")
@@ -116,7 +117,7 @@ def test_cross_validation_recovers_the_planted_temperature_with_normalisation(pl
 
 
 def test_selecting_by_recall_measures_the_same_grid(planted_pairs):
-    queries, candidates, bridge = planted_pairs
+    queries, candidates, bridge, _ = planted_pairs
     options = CalibrateOptions(
         folds=2, trials=20, temperatures=(1.0, 0.25), same_temperature=True, select="recall@1"
     )
@@ -274,7 +275,9 @@ def test_query_uses_the_stored_calibration_and_says_so_once(
     _store(planted_bank, stored)
     used = query(runner, media_dir, "--bank", planted_bank)
     assert used.exit_code == 0, used.output
-    said = "bank planted's calibration for image->audio: temperature 0.5,0.25, self-normalised"
+    said = (
+        "calibration stored in bank planted for image->audio: temperature 0.5,0.25, self-normalised"
+    )
     assert used.stderr.count(said) == 1
     assert "held-out recall@1 0.750 vs 0.500 for the paper's estimator, on pairs.csv" in used.stderr
     flags = query(
@@ -288,18 +291,18 @@ def test_query_uses_the_stored_calibration_and_says_so_once(
         "candidates",
     )
     assert scores(used) == scores(flags)
-    assert "calibration for" not in flags.stderr  # flags win, nothing to say
+    assert "calibration stored in bank" not in flags.stderr  # flags win, nothing to say
     rows = [json.loads(line) for line in used.stdout.splitlines()]
     assert rows[0]["temperature"] == [0.5, 0.25] and rows[0]["normalize"] == "candidates"
 
     paper = query(runner, media_dir, "--bank", planted_bank, "--no-calibration")
     explicit_paper = query(runner, media_dir, "--bank", planted_bank, "--temperature", "1")
-    assert paper.exit_code == 0 and "calibration for" not in paper.stderr
+    assert paper.exit_code == 0 and "calibration stored in bank" not in paper.stderr
     assert scores(paper) == scores(explicit_paper) != scores(used)
 
     caption = query(runner, media_dir, "--bank", planted_bank, "--method", "caption")
     assert caption.exit_code == 0, caption.output  # a method without a bank sum: not applied
-    assert "calibration for" not in caption.stderr
+    assert "calibration stored in bank" not in caption.stderr
 
 
 def test_a_changed_bank_or_a_damaged_file_falls_back_to_the_papers_estimator(
@@ -355,14 +358,85 @@ def test_eval_uses_it_and_warns_when_it_was_chosen_on_the_same_pairs(
     common = ["eval", str(manifest), "--bank", planted_bank, "--trials", "3", "--candidates", "6"]
     result = runner.invoke(app, [*common, "-m", "lse", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "calibration for image->audio: temperature 0.5, self-normalised" in result.stderr
+    assert (
+        "calibration stored in bank planted for image->audio: temperature 0.5, self"
+        in result.stderr
+    )
     assert "chosen on these same pairs" in result.stderr
     calibration = json.loads(out.read_text())["options"]["scoring"]["calibration"]
     assert calibration["temperature"] == [0.5, 0.5] and calibration["normalize"] == "candidates"
 
     ignored = runner.invoke(app, [*common, "-m", "lse", "--no-calibration", "--out", str(out)])
-    assert "calibration for" not in ignored.stderr
+    assert "calibration stored in bank" not in ignored.stderr
     assert json.loads(out.read_text())["options"]["scoring"]["calibration"]["paper"]
     caption_only = runner.invoke(app, [*common, "-m", "caption"])
     assert caption_only.exit_code == 0, caption_only.output
-    assert "calibration for" not in caption_only.stderr
+    assert "calibration stored in bank" not in caption_only.stderr
+
+
+# --- without labels: pseudo-pairs of bank texts -----------------------------------------------
+
+
+def test_pseudo_pair_rows_are_left_out_of_the_bridge_they_are_ranked_through(
+    planted_pairs, monkeypatch
+):
+    from ucl_cli.evaluation import calibrate as calibrate_module
+    from ucl_cli.evaluation.calibrate import calibrate_label_free, pseudo_pair_rows
+
+    taken, rest = pseudo_pair_rows(50, 20, seed=3)
+    assert len(taken) == 20 and np.array_equal(np.union1d(taken, rest), np.arange(50))
+    assert np.intersect1d(taken, rest).size == 0
+
+    bank_rows_seen = []
+    real_of = calibrate_module.Bridge.of
+
+    def spy(bank, query_model, candidate_model, rows=None):
+        bank_rows_seen.append(rows)
+        return real_of(bank, query_model, candidate_model, rows)
+
+    monkeypatch.setattr(calibrate_module.Bridge, "of", staticmethod(spy))
+    from ucl_cli.bank import load_bank
+
+    models = [
+        VectorEncoder("v:image-text", ("image", "text")),
+        VectorEncoder("v:text-audio", ("text", "audio")),
+    ]
+    with load_bank(bridge_bank_path(planted_pairs)) as bank:
+        options = CalibrateOptions(folds=2, trials=5, candidates=5, temperatures=(1.0, 0.5))
+        report = calibrate_label_free(encoders=models, bank=bank, pseudo_pairs=40, options=options)
+    taken, rest = pseudo_pair_rows(BANK_ROWS, 40, seed=0)
+    assert len(bank_rows_seen) == 1 and np.array_equal(bank_rows_seen[0], rest)
+    assert report.source() == {"pseudo_pairs": 40, "seed": 0, "items": 40}
+    assert report.entry().pairs["pseudo_pairs"] == 40
+    assert "40 pseudo-pairs of bank texts (no labels)" in report.entry().evidence()
+
+
+def bridge_bank_path(planted) -> Path:
+    return planted[3]
+
+
+def test_calibrate_with_pseudo_pairs_needs_no_manifest(planted_bank, runner, tmp_path):
+    args = ["--folds", "2", "--trials", "3", "--candidates", "2", "--temperatures", "1,0.5"]
+    result = runner.invoke(
+        app,
+        [
+            "calibrate",
+            "--pseudo-pairs",
+            "4",
+            "--bank",
+            planted_bank,
+            *args,
+            "--out",
+            str(tmp_path / "f.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "4 pseudo-pairs of bank texts in 2 folds" in result.stdout
+    record = json.loads((tmp_path / "f.json").read_text())
+    assert record["pairs"] == {"pseudo_pairs": 4, "seed": 0, "items": 4}
+    assert read_calibrations(resolve_bank(planted_bank))["image->audio"].pairs["pseudo_pairs"] == 4
+
+    neither = runner.invoke(app, ["calibrate", "--bank", planted_bank])
+    assert neither.exit_code == 2 and "MANIFEST of paired files or --pseudo-pairs" in neither.output
+    too_many = runner.invoke(app, ["calibrate", "--pseudo-pairs", "10", "--bank", planted_bank])
+    assert too_many.exit_code == 2 and "leaves no bridge" in too_many.output

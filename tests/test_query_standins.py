@@ -179,4 +179,4 @@ def test_calibrate_runs_end_to_end_and_query_then_uses_what_it_stored(standins, 
     hit = json.loads(queried.stdout.splitlines()[0])
     assert hit["temperature"] == stored["temperature"]
     assert hit["normalize"] == stored["normalize"]
-    assert queried.stderr.count("bank demo's calibration for image->audio") == 1
+    assert queried.stderr.count("calibration stored in bank demo for image->audio") == 1

@@ -96,7 +96,10 @@ class StoredCalibration:
         """The held-out comparison in a few words: "held-out recall@1 0.62 vs 0.55 for the
         paper's estimator, on pairs.csv"."""
         recall = self.held_out.get("recall@1") or {}
-        name = Path(str(self.pairs.get("path", "paired data"))).name
+        if "pseudo_pairs" in self.pairs:
+            name = f"{self.pairs['pseudo_pairs']:,} pseudo-pairs of bank texts (no labels)"
+        else:
+            name = Path(str(self.pairs.get("path", "paired data"))).name
         if "chosen" not in recall or "paper" not in recall:
             return f"fit on {name}"
         return (

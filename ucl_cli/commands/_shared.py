@@ -153,7 +153,7 @@ def resolve_calibration(
         return Calibration()
     stored = found.stored
     console.print(
-        f"ucl: bank {escape(bank.name)}'s calibration for {direction}: "
+        f"ucl: calibration stored in bank {escape(bank.name)} for {direction}: "
         f"{escape(stored.calibration.describe())} ({escape(stored.evidence())}); "
         "--no-calibration for the paper's estimator",
         soft_wrap=True,

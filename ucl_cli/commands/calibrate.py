@@ -38,6 +38,7 @@ EXAMPLES = examples(
     ("ucl calibrate pairs.csv --bank captions", "choose and store, 5 folds"),
     ("ucl calibrate pairs.csv --bank captions --dry-run --out fit.json", "measure only"),
     ("ucl calibrate pairs.csv --direction audio-to-image", "the other direction"),
+    ("ucl calibrate --pseudo-pairs 1000 --bank captions", "no paired data"),
 )
 
 
@@ -46,9 +47,10 @@ def register(app: typer.Typer) -> None:
 
 
 def calibrate_command(
-    manifest: Path = typer.Argument(
-        ...,
-        help="CSV of paired files: columns image, audio, optional caption... and id.",
+    manifest: Path | None = typer.Argument(
+        None,
+        help="CSV of paired files: columns image, audio, optional caption... and id "
+        "(or --pseudo-pairs without one).",
         metavar="MANIFEST",
         dir_okay=False,
         show_default=False,
@@ -90,6 +92,15 @@ def calibrate_command(
         metavar="DIRECTION",
         help="image-to-audio or audio-to-image: which side of each pair is the query.",
     ),
+    pseudo_pairs: int | None = typer.Option(
+        None,
+        "--pseudo-pairs",
+        min=2,
+        metavar="N",
+        help="No paired data: take N bank texts as pairs (through the query model's text tower "
+        "as the query, the candidate model's as its candidate), ranked through the other texts.",
+        show_default=False,
+    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Measure and report, but store nothing in the bank."
     ),
@@ -125,9 +136,13 @@ def calibrate_command(
     from ucl_cli.bank.calibrations import store_calibration
     from ucl_cli.cache import open_cache
     from ucl_cli.commands._progress import ProgressView, stage_listener
+    from ucl_cli.errors import UsageError
     from ucl_cli.evaluation import parse_direction, read_pairs
-    from ucl_cli.evaluation.calibrate import CalibrateOptions, calibrate
+    from ucl_cli.evaluation.calibrate import CalibrateOptions, calibrate, calibrate_label_free
     from ucl_cli.parsing import parse_list
+
+    if (manifest is None) == (pseudo_pairs is None):
+        raise UsageError("give a MANIFEST of paired files or --pseudo-pairs N (one of the two)")
 
     options = CalibrateOptions(
         folds=folds,
@@ -142,7 +157,7 @@ def calibrate_command(
         batch_size=batch_size,
         strict=strict,
     )  # checked before anything slow
-    pairs = read_pairs(manifest)
+    pairs = None if manifest is None else read_pairs(manifest)
     stderr = Console(stderr=True, highlight=False)
     loaded = load_models_and_bank(
         bank,
@@ -164,14 +179,23 @@ def calibrate_command(
         open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
         ProgressView(stderr) as view,
     ):
-        report = calibrate(
-            pairs,
-            encoders=loaded.encoders,
-            bank=opened,
-            options=options,
-            cache=cache,
-            listener=stage_listener(view),
-        )
+        if pairs is None:
+            report = calibrate_label_free(
+                encoders=loaded.encoders,
+                bank=opened,
+                pseudo_pairs=pseudo_pairs or 0,
+                options=options,
+                listener=stage_listener(view),
+            )
+        else:
+            report = calibrate(
+                pairs,
+                encoders=loaded.encoders,
+                bank=opened,
+                options=options,
+                cache=cache,
+                listener=stage_listener(view),
+            )
         stored_at = None if dry_run else store_calibration(opened.path, report.entry())
     record = report.to_json()
     if out is not None:
@@ -202,7 +226,7 @@ def held_out_table(record: dict[str, Any]) -> Table:
     ks = [f"recall@{k}" for k in options["ks"]][:2]
     table = Table(
         title=(
-            f"{options['direction']}: {record['manifest']['usable_items']:,} pairs in "
+            f"{options['direction']}: {_pairs(record['pairs'])} in "
             f"{options['folds']} folds, {options['trials_per_fold']} trials of "
             f"{options['candidates']} candidates each, bank {record['bank']['name']}"
         ),
@@ -232,6 +256,12 @@ def held_out_table(record: dict[str, Any]) -> Table:
     return table
 
 
+def _pairs(source: dict[str, Any]) -> str:
+    if "pseudo_pairs" in source:
+        return f"{source['pseudo_pairs']:,} pseudo-pairs of bank texts"
+    return f"{source['items']:,} pairs"
+
+
 def _describe(calibration: dict[str, Any]) -> str:
     from ucl_cli.calibration import Calibration
 
@@ -252,7 +282,7 @@ def _summary(
     stored_at: Path | None,
     out: Path | None,
 ) -> None:
-    if not report.leaks.checked:
+    if not report.leaks.checked and report.manifest_path is not None:
         console.print(
             f"[yellow]ucl:[/] leak guard not applied: {escape(report.leaks.reason or '')}",
             soft_wrap=True,
@@ -289,7 +319,7 @@ def _summary(
     else:
         console.print("ucl: nothing stored (--dry-run)", soft_wrap=True)
     console.print(
-        f"[dim]{report.items:,} pairs; {len(report.fit.grid)} calibrations x "
+        f"[dim]{_pairs(record['pairs'])}; {len(report.fit.grid)} calibrations x "
         f"{report.options.folds} folds; embedded {report.embedded:,} files, "
         f"{report.cached:,} from the cache; {report.seconds:.1f} s[/]",
         soft_wrap=True,

@@ -58,6 +58,7 @@ SELECTIONS = ("likelihood", "recall@1")
 # The method the grid is measured with: the exact bridge sum (topk ranks by the same scores).
 METHOD = "lse"
 _FOLD_STREAM = 2  # beside the trial (0) and sub-bank (1) streams of `trials`
+_PSEUDO_STREAM = 3
 
 
 @dataclass(frozen=True)
@@ -282,8 +283,8 @@ class CalibrationReport:
     """What `calibrate` returns, and the JSON `ucl calibrate --out` writes (ucl-calibrate/1)."""
 
     options: CalibrateOptions
-    manifest_path: Path
-    manifest_sha256: str
+    manifest_path: Path | None  # None: label-free, on pseudo-pairs of bank rows
+    manifest_sha256: str | None
     manifest_items: int
     items: int
     query_model: ModelRecord
@@ -306,6 +307,16 @@ class CalibrationReport:
     def stored(self) -> Calibration:
         return self.fit.stored
 
+    def source(self) -> dict[str, Any]:
+        """What the pairs were: a manifest (path, checksum, usable items) or pseudo-pairs."""
+        if self.manifest_path is None:
+            return {"pseudo_pairs": self.items, "seed": self.options.seed, "items": self.items}
+        return {
+            "path": str(self.manifest_path),
+            "sha256": self.manifest_sha256,
+            "items": self.items,
+        }
+
     def held_out_summary(self) -> dict[str, dict[str, float]]:
         """metric -> {"chosen": mean, "paper": mean} over the held-out trials."""
         return {
@@ -322,11 +333,7 @@ class CalibrationReport:
             candidate_model=self.candidate_model,
             bank_rows=self.bank.rows,
             bank_content=self.bank_content,
-            pairs={
-                "path": str(self.manifest_path),
-                "sha256": self.manifest_sha256,
-                "items": self.items,
-            },
+            pairs=self.source(),
             held_out=without_nan(self.held_out_summary()),
             fit={
                 "chosen": self.chosen.to_json(),
@@ -359,8 +366,9 @@ class CalibrationReport:
                 "method": METHOD,
                 "confidence": self.options.confidence,
             },
+            "pairs": self.source(),
             "manifest": {
-                "path": str(self.manifest_path),
+                "path": None if self.manifest_path is None else str(self.manifest_path),
                 "sha256": self.manifest_sha256,
                 "items": self.manifest_items,
                 "usable_items": self.items,
@@ -484,6 +492,69 @@ def calibrate(
     )
 
 
+def calibrate_label_free(
+    *,
+    encoders: Sequence[Encoder],
+    bank: Bank,
+    pseudo_pairs: int,
+    options: CalibrateOptions | None = None,
+    listener: Listener | None = None,
+) -> CalibrationReport:
+    """Choose the calibration without labels: `pseudo_pairs` bank rows, drawn at random, stand
+    in for (query, candidate) pairs (row m through the query model's bank tower as the query,
+    through the candidate model's as its candidate), ranked through the OTHER rows only.
+
+    On the synthetic task this rule picks almost exactly what labels pick. With pretrained
+    models a text stands in for an image or a clip, and a text tower's texts sit closer to each
+    other than to images or audio (the modality gap), so the temperature it picks may not be
+    what real queries need: prefer paired data when there is some, and compare with `ucl eval`.
+    """
+    started = time.perf_counter()
+    options = options or CalibrateOptions()
+    listener = listener or Listener()
+    bank.check_models(encoders)
+    bridge_modality = Modality(bank.modality)
+    if bridge_modality is not Modality.TEXT:
+        raise UsageError(
+            f"pseudo-pairs need a bank of texts; bank {bank.name} holds {bank.modality}"
+        )
+    query_model = encoder_for(encoders, options.query_modality, bridge_modality)
+    candidate_model = encoder_for(encoders, options.candidate_modality, bridge_modality)
+    if pseudo_pairs >= len(bank):
+        raise UsageError(
+            f"--pseudo-pairs {pseudo_pairs:,} leaves no bridge: bank {bank.name} has "
+            f"{len(bank):,} rows (take at most a small share of them)"
+        )
+    fold_trials(pseudo_pairs, options)  # enough pairs for the folds, before any work
+    rows, rest = pseudo_pair_rows(len(bank), pseudo_pairs, options.seed)
+    listener.stage(f"taking {pseudo_pairs:,} bank rows as pseudo-pairs", 0)
+    queries = np.ascontiguousarray(bank.vectors(query_model.key)[rows])
+    candidates = np.ascontiguousarray(bank.vectors(candidate_model.key)[rows])
+    bridge = Bridge.of(bank, query_model, candidate_model, rest)
+    fit = fit_calibration(queries, candidates, bridge, options, listener)
+    return CalibrationReport(
+        options=options,
+        manifest_path=None,
+        manifest_sha256=None,
+        manifest_items=0,
+        items=pseudo_pairs,
+        query_model=ModelRecord.from_encoder(query_model),
+        candidate_model=ModelRecord.from_encoder(candidate_model),
+        bank=bank_info(bank),
+        bank_content=content_fingerprint(bank.manifest),
+        leaks=LeakReport(False, 0, reason="pseudo-pairs are ranked through the other rows only"),
+        fit=fit,
+        versions=software_versions(),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def pseudo_pair_rows(bank_rows: int, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted rows taken as pseudo-pairs, the sorted rows left as the bridge): disjoint."""
+    order = np.random.default_rng([seed, _PSEUDO_STREAM]).permutation(bank_rows)
+    return np.sort(order[:pairs]), np.sort(order[pairs:])
+
+
 def _plain(info: BankInfo) -> dict[str, Any]:
     return {
         "name": info.name,
@@ -503,7 +574,9 @@ __all__ = [
     "CalibrationFit",
     "CalibrationReport",
     "calibrate",
+    "calibrate_label_free",
     "cross_validated_choices",
     "fit_calibration",
     "fold_trials",
+    "pseudo_pair_rows",
 ]
