@@ -34,7 +34,7 @@ from ucl_cli.calibration import Calibration
 from ucl_cli.cli import app
 from ucl_cli.encoders.base import Encoder
 from ucl_cli.errors import UsageError
-from ucl_cli.evaluation.calibrate import (
+from ucl_cli.evaluation.cross_validation import (
     CalibrateOptions,
     cross_validated_choices,
     fit_calibration,
@@ -380,8 +380,8 @@ def test_eval_uses_it_and_warns_when_it_was_chosen_on_the_same_pairs(
 def test_pseudo_pair_rows_are_left_out_of_the_bridge_they_are_ranked_through(
     planted_pairs, monkeypatch
 ):
-    from ucl_cli.evaluation import calibrate as calibrate_module
-    from ucl_cli.evaluation.calibrate import calibrate_label_free, pseudo_pair_rows
+    from ucl_cli.evaluation import cross_validation as calibrate_module
+    from ucl_cli.evaluation.cross_validation import calibrate_label_free, pseudo_pair_rows
 
     taken, rest = pseudo_pair_rows(50, 20, seed=3)
     assert len(taken) == 20 and np.array_equal(np.union1d(taken, rest), np.arange(50))

@@ -1,10 +1,10 @@
 """A bank's stored calibrations: the temperatures and normalisation its queries use by default.
 
-`ucl calibrate` chooses them on paired data (`ucl_cli.evaluation.calibrate`) and stores one entry
-per direction ("image->audio", "audio->image") in `<bank>/calibration.json`, beside the
-manifest, with the evidence it was chosen on (the pairs file's checksum, the held-out recall of
-the choice and of the paper's estimator). The file is written atomically under the bank's
-writer lock, and `ucl index` leaves it in place.
+`ucl calibrate` chooses them on paired data (`ucl_cli.evaluation.cross_validation`) and
+stores one entry per direction ("image->audio", "audio->image") in `<bank>/calibration.json`,
+beside the manifest, with the evidence it was chosen on (the pairs file's checksum, the
+held-out recall of the choice and of the paper's estimator). The file is written atomically
+under the bank's writer lock, and `ucl index` leaves it in place.
 
 A calibration belongs to what it was measured on, so `applicable_calibration` applies an entry
 only while that still holds:

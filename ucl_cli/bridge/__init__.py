@@ -1,4 +1,4 @@
-"""Layer 6: one query, from files to ranked candidates, and the scoring methods it offers.
+"""One query, from files to ranked candidates, and the scoring methods it offers.
 
 - `methods`: the method table (names, properties, scoring functions), `ScoringSettings`,
   `Bridge`; torch-free, so the CLI can check `--method` before torch loads.

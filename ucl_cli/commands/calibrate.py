@@ -1,8 +1,8 @@
 """`ucl calibrate`: choose a bank's temperatures and normalisation on paired data, and store them.
 
 The held-out table goes to stdout; progress and what was stored go to stderr; `--out` keeps
-every number as JSON. The fitting lives in `ucl_cli.evaluation.calibrate`, the stored entries
-in `ucl_cli.bank.calibrations`; this file parses options, loads models and bank, and draws.
+every number as JSON. The fitting lives in `ucl_cli.evaluation.cross_validation`, the stored
+entries in `ucl_cli.bank.calibrations`; this file parses options, loads models and bank, and draws.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ucl_cli.commands._shared import (
 from ucl_cli.files import write_json_file
 
 if TYPE_CHECKING:
-    from ucl_cli.evaluation.calibrate import CalibrationReport
+    from ucl_cli.evaluation.cross_validation import CalibrationReport
 
 EXAMPLES = examples(
     ("ucl calibrate pairs.csv --bank captions", "choose and store, 5 folds"),
@@ -138,7 +138,11 @@ def calibrate_command(
     from ucl_cli.commands._progress import ProgressView, stage_listener
     from ucl_cli.errors import UsageError
     from ucl_cli.evaluation import parse_direction, read_pairs
-    from ucl_cli.evaluation.calibrate import CalibrateOptions, calibrate, calibrate_label_free
+    from ucl_cli.evaluation.cross_validation import (
+        CalibrateOptions,
+        calibrate,
+        calibrate_label_free,
+    )
     from ucl_cli.parsing import parse_list
 
     if (manifest is None) == (pseudo_pairs is None):

@@ -1,4 +1,5 @@
-"""Layer 8: measuring retrieval on paired data (`ucl eval`), with the paper's protocol.
+"""Measuring retrieval on paired data (`ucl eval`) with the paper's protocol, and choosing a
+calibration on it (`ucl calibrate`).
 
 - `manifest`: the CSV of paired files (image, audio, optional captions), checked line by line.
 - `options`: `EvalOptions` (trials, candidates, seed, methods, bank sizes, direction, ...),
@@ -9,6 +10,8 @@
 - `intervals`: Student-t intervals over per-trial values.
 - `runner`: `evaluate`, the one call; `report`: `EvalReport` and its JSON; `provenance`: the
   models, bank checksum and versions it records; `table` and `plot` draw it.
+- `cross_validation`: `calibrate` and `calibrate_label_free`, cross-validating temperatures and
+  normalisation over disjoint folds of pairs (stored by `ucl_cli.bank.calibrations`).
 
 Nothing here prints: progress goes through a `Listener` (the one `search` takes), and the CLI
 draws it.
@@ -16,6 +19,12 @@ draws it.
 
 from ucl_cli.bridge.listener import Listener
 from ucl_cli.bridge.methods import ScoringSettings
+from ucl_cli.evaluation.cross_validation import (
+    CalibrateOptions,
+    CalibrationReport,
+    calibrate,
+    calibrate_label_free,
+)
 from ucl_cli.evaluation.intervals import Interval, t_interval
 from ucl_cli.evaluation.leakage import LeakedRow, LeakReport, caption_key, find_leaks
 from ucl_cli.evaluation.manifest import (
@@ -44,6 +53,8 @@ __all__ = [
     "DIRECTIONS",
     "FORMAT",
     "METHODS",
+    "CalibrateOptions",
+    "CalibrationReport",
     "EvalListener",
     "EvalOptions",
     "EvalReport",
@@ -58,6 +69,8 @@ __all__ = [
     "ScoringSettings",
     "TrialMetrics",
     "bank_sizes",
+    "calibrate",
+    "calibrate_label_free",
     "caption_key",
     "draw_trials",
     "evaluate",
