@@ -65,6 +65,9 @@ BANK = typer.Option(
 BATCH_SIZE = typer.Option(
     None, "--batch-size", min=1, metavar="N", help="Files embedded per batch.", show_default=False
 )
+STRICT_PAIRS = typer.Option(
+    False, "--strict", help="Fail at the first unreadable file instead of leaving its item out."
+)
 NO_CACHE = typer.Option(
     False, "--no-cache", help="Neither read nor write the embedding cache (or UCL_NO_CACHE=1)."
 )

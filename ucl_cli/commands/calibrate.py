@@ -24,6 +24,7 @@ from ucl_cli.commands._shared import (
     IMAGE_TEXT_MODEL,
     IMAGE_TEXT_WEIGHTS,
     NO_CACHE,
+    STRICT_PAIRS,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
     load_models_and_bank,
@@ -118,9 +119,7 @@ def calibrate_command(
     text_audio_weights: Path | None = TEXT_AUDIO_WEIGHTS,
     device: str = DEVICE,
     batch_size: int | None = BATCH_SIZE,
-    strict: bool = typer.Option(
-        False, "--strict", help="Fail at the first unreadable file instead of leaving its item out."
-    ),
+    strict: bool = STRICT_PAIRS,
     no_cache: bool = NO_CACHE,
     allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
 ) -> None:

@@ -25,6 +25,7 @@ from ucl_cli.commands._shared import (
     NO_CACHE,
     NO_CALIBRATION,
     NORMALIZE,
+    STRICT_PAIRS,
     TEMPERATURE,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
@@ -130,9 +131,7 @@ def evaluate_command(
     text_audio_weights: Path | None = TEXT_AUDIO_WEIGHTS,
     device: str = DEVICE,
     batch_size: int | None = BATCH_SIZE,
-    strict: bool = typer.Option(
-        False, "--strict", help="Fail at the first unreadable file instead of leaving its item out."
-    ),
+    strict: bool = STRICT_PAIRS,
     no_cache: bool = NO_CACHE,
     allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
 ) -> None:

@@ -22,6 +22,7 @@ procedure's held-out recall@1 beats the paper's on the same held-out trials.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -381,7 +382,11 @@ class CalibrationReport:
                 "query": self.query_model.to_json(),
                 "candidate": self.candidate_model.to_json(),
             },
-            "bank": {**_plain(self.bank), "content": self.bank_content},
+            "bank": {
+                **dataclasses.asdict(self.bank),
+                "path": str(self.bank.path),
+                "content": self.bank_content,
+            },
             "leakage": {
                 "checked": self.leaks.checked,
                 "reason": self.leaks.reason,
@@ -444,10 +449,7 @@ def calibrate(
     options = options or CalibrateOptions()
     listener = listener or Listener()
     pairs = manifest if isinstance(manifest, PairManifest) else read_pairs(manifest)
-    bank.check_models(encoders)
-    bridge_modality = Modality(bank.modality)
-    query_model = encoder_for(encoders, options.query_modality, bridge_modality)
-    candidate_model = encoder_for(encoders, options.candidate_modality, bridge_modality)
+    query_model, candidate_model = _models(encoders, bank, options)
     if len(pairs) < options.folds * options.candidates:  # before embedding anything
         fold_trials(len(pairs), options)
     listener.stage("checking the bank for manifest captions", 0)
@@ -512,14 +514,11 @@ def calibrate_label_free(
     started = time.perf_counter()
     options = options or CalibrateOptions()
     listener = listener or Listener()
-    bank.check_models(encoders)
-    bridge_modality = Modality(bank.modality)
-    if bridge_modality is not Modality.TEXT:
+    if Modality(bank.modality) is not Modality.TEXT:
         raise UsageError(
             f"pseudo-pairs need a bank of texts; bank {bank.name} holds {bank.modality}"
         )
-    query_model = encoder_for(encoders, options.query_modality, bridge_modality)
-    candidate_model = encoder_for(encoders, options.candidate_modality, bridge_modality)
+    query_model, candidate_model = _models(encoders, bank, options)
     if pseudo_pairs >= len(bank):
         raise UsageError(
             f"--pseudo-pairs {pseudo_pairs:,} leaves no bridge: bank {bank.name} has "
@@ -549,21 +548,22 @@ def calibrate_label_free(
     )
 
 
+def _models(
+    encoders: Sequence[Encoder], bank: Bank, options: CalibrateOptions
+) -> tuple[Encoder, Encoder]:
+    """The (query, candidate) models of the direction, checked against the bank's vectors."""
+    bank.check_models(encoders)
+    bridge = Modality(bank.modality)
+    return (
+        encoder_for(encoders, options.query_modality, bridge),
+        encoder_for(encoders, options.candidate_modality, bridge),
+    )
+
+
 def pseudo_pair_rows(bank_rows: int, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(the sorted rows taken as pseudo-pairs, the sorted rows left as the bridge): disjoint."""
     order = np.random.default_rng([seed, _PSEUDO_STREAM]).permutation(bank_rows)
     return np.sort(order[:pairs]), np.sort(order[pairs:])
-
-
-def _plain(info: BankInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "path": str(info.path),
-        "rows": info.rows,
-        "modality": info.modality,
-        "generation": info.generation,
-        "manifest_sha256": info.manifest_sha256,
-    }
 
 
 __all__ = [
