@@ -188,9 +188,11 @@ def count_routes(monkeypatch) -> dict[str, list[int]]:
     routes: dict[str, list[int]] = {"float64": [], "streamed": []}
     escalate, exact = bridge._float64_sums, bridge.exact_pair_scores
 
-    def counting_escalate(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size):
+    def counting_escalate(
+        left, right, row_shift, col_shift, peaks, rows, cols, chunk_size, **kwargs
+    ):
         routes["float64"].append(rows.numel())
-        return escalate(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size)
+        return escalate(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size, **kwargs)
 
     def counting_exact(left, right, rows, cols, **kwargs):
         routes["streamed"].append(rows.numel())

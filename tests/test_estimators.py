@@ -121,9 +121,9 @@ def test_adversarial_underflow_everywhere_stays_exact(scale, monkeypatch):
     escalated, recomputed = [], []
     wide, exact = bridge._float64_sums, bridge.exact_pair_scores
 
-    def counting_wide(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size):
+    def counting_wide(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size, **kwargs):
         escalated.append(rows.numel())
-        return wide(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size)
+        return wide(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size, **kwargs)
 
     def counting_exact(left, right, rows, cols, **kwargs):
         recomputed.append(rows.numel())

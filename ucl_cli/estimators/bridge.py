@@ -27,6 +27,21 @@ Finite inputs of any magnitude give finite, correct scores (a value like -1e30 t
 candidate or bank row scores its true, huge negative value); only a score beyond the output
 dtype's range rounds to -inf (or +inf), as any floating-point sum does. -inf entries carry no
 path, and a pair with no path at all scores -inf.
+
+Scales. `partial_bridge_scores` also takes a positive factor on either matrix (the temperatures
+of `estimators.calibrated`):
+
+    logsumexp_m( left_scale * left[n, m] + right_scale * right[m, k] )
+
+with no scaled copy of either matrix: the shifts become scale * max, and each factor is formed
+from the unscaled values in the same exp2 pass, as exp2(x * (scale * log2 e) - shift * log2 e),
+or exp2((x - max) * (scale * log2 e)) for large shifts; the float64 recomputation and the
+streamed fallback apply the same scales, so every guarantee above holds for the scaled sum (a
+scaled maximum beyond the dtype's range is refused, as +inf would be).
+`partial_bridge_scores_with_column_sums` returns, from the same pass, logsumexp_m right_scale *
+right[m, k] as well: the bridge sum of one extra query row of zeros, whose factors are exactly 1
+(written once into the chunk buffer, never read from a copy of left), so it costs one more row
+of the matrix product; the fallbacks treat that row like any other.
 """
 
 from __future__ import annotations
@@ -84,30 +99,65 @@ class PartialScores:
 
 
 def bridge_scores(
-    left: torch.Tensor, right: torch.Tensor, *, chunk_size: int | None = None
+    left: torch.Tensor,
+    right: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    left_scale: float = 1.0,
+    right_scale: float = 1.0,
 ) -> torch.Tensor:
-    """Exact Monte Carlo bridge score [N, K] for left [N, M] and right [M, K].
+    """Exact Monte Carlo bridge score [N, K] for left [N, M] and right [M, K] (with scales:
+    logsumexp_m(left_scale * left + right_scale * right) - log M).
 
     Float64 in, float64 out; float32 in, float32 out; float16/bfloat16 are computed and returned
     in float32. Works on any device torch supports; nothing is moved between devices.
     """
-    return combine_partials([partial_bridge_scores(left, right, chunk_size=chunk_size)])
+    part = partial_bridge_scores(
+        left, right, chunk_size=chunk_size, left_scale=left_scale, right_scale=right_scale
+    )
+    return combine_partials([part])
 
 
 def partial_bridge_scores(
-    left_shard: torch.Tensor, right_shard: torch.Tensor, *, chunk_size: int | None = None
+    left_shard: torch.Tensor,
+    right_shard: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    left_scale: float = 1.0,
+    right_scale: float = 1.0,
 ) -> PartialScores:
-    """logsumexp over one shard of bank rows; combine shards with `combine_partials`.
+    """logsumexp_m(left_scale * left[n, m] + right_scale * right[m, k]) over one shard of bank
+    rows; combine shards with `combine_partials`. The scales (positive, finite) multiply the
+    values inside the exponent; no scaled copy of either matrix is made.
 
     Any split of the bank rows into shards (across chunks, GPUs or machines) combines to the
     same scores as one call over the whole bank.
     """
-    left, right = _validated(left_shard, right_shard)
-    shape = (left.shape[0], right.shape[1])
-    if left.shape[1] == 0:
-        empty = torch.full(shape, -math.inf, dtype=torch.float64, device=left.device)
-        return PartialScores(empty, 0, left.dtype)
-    return PartialScores(_log_sum_exp_product(left, right, chunk_size), left.shape[1], left.dtype)
+    lse, count, dtype = _partial_lse(
+        left_shard, right_shard, chunk_size, (left_scale, right_scale), ones_row=False
+    )
+    return PartialScores(lse, count, dtype)
+
+
+def partial_bridge_scores_with_column_sums(
+    left_shard: torch.Tensor,
+    right_shard: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    left_scale: float = 1.0,
+    right_scale: float = 1.0,
+) -> tuple[PartialScores, torch.Tensor]:
+    """`partial_bridge_scores`, and from the same pass logsumexp_m right_scale * right[m, k]:
+    [K] float64 (-inf for an empty shard), which adds across shards like the bridge sum.
+
+    The column sum is the bridge sum of a query row of zeros; that row's factors are exactly 1,
+    so it is one more row of each chunk's matrix product (no copy of left), exact by the same
+    guard and fallbacks as every other row.
+    """
+    lse, count, dtype = _partial_lse(
+        left_shard, right_shard, chunk_size, (left_scale, right_scale), ones_row=True
+    )
+    return PartialScores(lse[:-1], count, dtype), lse[-1]
 
 
 def combine_partials(parts: Sequence[PartialScores]) -> torch.Tensor:
@@ -135,9 +185,12 @@ def exact_pair_scores(
     rows: torch.Tensor,
     cols: torch.Tensor,
     *,
+    left_scale: float = 1.0,
+    right_scale: float = 1.0,
     block_elements: int = BLOCK_ELEMENTS,
 ) -> torch.Tensor:
-    """logsumexp_m(left[rows[p], m] + right[m, cols[p]]) for P pairs, streamed: [P].
+    """logsumexp_m(left_scale * left[rows[p], m] + right_scale * right[m, cols[p]]) for P pairs,
+    streamed: [P].
 
     Memory is bounded by `block_elements` whatever P and M are. This is the slow, always-exact
     route, used for the entries the matrix-product route cannot certify.
@@ -152,7 +205,11 @@ def exact_pair_scores(
         r, c = rows[p0 : p0 + pair_block], cols[p0 : p0 + pair_block]
         acc = out[p0 : p0 + pair_block]
         for m0 in range(0, bank, bank_block):
-            paths = left[r, m0 : m0 + bank_block] + right[m0 : m0 + bank_block][:, c].T
+            # Advanced indexing gathers fresh blocks: scaling them in place copies nothing more.
+            paths = left[r, m0 : m0 + bank_block]
+            if left_scale != 1.0:
+                paths.mul_(left_scale)
+            paths.add_(right[m0 : m0 + bank_block][:, c].T, alpha=right_scale)
             acc = torch.logaddexp(acc, torch.logsumexp(paths, dim=1))
         out[p0 : p0 + pair_block] = acc
     return out
@@ -179,16 +236,62 @@ def _validated(left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, t
     return left.to(dtype), right.to(dtype)
 
 
+def _validated_scales(scales: tuple[float, float]) -> tuple[float, float]:
+    checked = []
+    for name, value in zip(("left_scale", "right_scale"), scales, strict=True):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{name} must be a number, got {value!r}") from None
+        if not (math.isfinite(number) and number > 0):
+            raise UsageError(f"{name} must be positive and finite, got {value!r}")
+        checked.append(number)
+    return checked[0], checked[1]
+
+
+def _partial_lse(
+    left_shard: torch.Tensor,
+    right_shard: torch.Tensor,
+    chunk_size: int | None,
+    scales: tuple[float, float],
+    *,
+    ones_row: bool,
+) -> tuple[torch.Tensor, int, torch.dtype]:
+    """The validated inputs' scaled logsumexp [N (+ 1 with `ones_row`), K], bank size, dtype."""
+    left, right = _validated(left_shard, right_shard)
+    scales = _validated_scales(scales)
+    if left.shape[1] == 0:
+        shape = (left.shape[0] + ones_row, right.shape[1])
+        empty = torch.full(shape, -math.inf, dtype=torch.float64, device=left.device)
+        return empty, 0, left.dtype
+    lse = _log_sum_exp_product(left, right, chunk_size, scales, ones_row=ones_row)
+    return lse, left.shape[1], left.dtype
+
+
 def _log_sum_exp_product(
-    left: torch.Tensor, right: torch.Tensor, chunk_size: int | None
+    left: torch.Tensor,
+    right: torch.Tensor,
+    chunk_size: int | None,
+    scales: tuple[float, float] = (1.0, 1.0),
+    *,
+    ones_row: bool = False,
 ) -> torch.Tensor:
-    """logsumexp_m(left[n, m] + right[m, k]) [N, K] float64: guarded product, then the same
-    product in float64 for what float32 cannot resolve, then an exact streamed fallback."""
-    row_shift, row_peak = _shifts(left.amax(dim=1), "left")
-    col_shift, col_peak = _shifts(_column_max(right), "right")
+    """logsumexp_m(s1 left[n, m] + s2 right[m, k]) [N, K] float64, for scales (s1, s2): guarded
+    product, then the same product in float64 for what float32 cannot resolve, then an exact
+    streamed fallback. With `ones_row`, one more row N: that of a query row of zeros,
+    logsumexp_m s2 right[m, k] (its shift is 0 and its factors are 1)."""
+    left_scale, right_scale = scales
+    row_max, row_peak = _shifts(left.amax(dim=1), "left", left_scale)
+    col_max, col_peak = _shifts(_column_max(right), "right", right_scale)
     peaks = (row_peak, col_peak)
-    sums = _shifted_exp_product(left, right, row_shift, col_shift, peaks, chunk_size)
-    lse = row_shift.double()[:, None] + col_shift.double()[None, :] + torch.log(sums)
+    options = {"scales": scales, "ones_row": ones_row}
+    sums = _shifted_exp_product(left, right, row_max, col_max, peaks, chunk_size, **options)
+    # The shifts scale * max in float64: exact enough whatever the scale, and never overflowing.
+    row_shift = left_scale * row_max.double()
+    if ones_row:
+        row_shift = torch.cat([row_shift, row_shift.new_zeros(1)])
+    col_shift = right_scale * col_max.double()
+    lse = row_shift[:, None] + col_shift[None, :] + torch.log(sums)
 
     bank = left.shape[1]
     uncertain = sums < _trusted_floor(left.dtype, bank)
@@ -196,14 +299,37 @@ def _log_sum_exp_product(
         return lse
     rows, cols = uncertain.nonzero(as_tuple=True)
     if left.dtype != torch.float64:
-        wide_sums = _float64_sums(left, right, row_shift, col_shift, peaks, rows, cols, chunk_size)
-        shifts = row_shift.double()[rows] + col_shift.double()[cols]
+        wide_sums = _float64_sums(
+            left, right, row_max, col_max, peaks, rows, cols, chunk_size, **options
+        )
+        shifts = row_shift[rows] + col_shift[cols]
         lse[rows, cols] = shifts + torch.log(wide_sums) - 2.0 * FLOAT64_BOOST * math.log(2.0)
         beyond = wide_sums < _trusted_floor(torch.float64, bank, FLOAT64_BOOST)
         rows, cols = rows[beyond], cols[beyond]
     if rows.numel():
-        lse[rows, cols] = exact_pair_scores(left, right, rows, cols).double()
+        lse[rows, cols] = _streamed_pairs(left, right, rows, cols, scales)
     return lse
+
+
+def _streamed_pairs(
+    left: torch.Tensor,
+    right: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    scales: tuple[float, float],
+) -> torch.Tensor:
+    """`exact_pair_scores` [P] float64 for pairs whose row may be N, the query row of zeros
+    (a zero-stride view of one zero: no [M] row, let alone an [N + 1, M] copy, is allocated)."""
+    scaled = {"left_scale": scales[0], "right_scale": scales[1]}
+    zeros = rows == left.shape[0]
+    if not bool(zeros.any()):
+        return exact_pair_scores(left, right, rows, cols, **scaled).double()
+    out = torch.empty(rows.shape, dtype=torch.float64, device=left.device)
+    out[~zeros] = exact_pair_scores(left, right, rows[~zeros], cols[~zeros], **scaled).double()
+    zero_row = left.new_zeros(()).expand(1, left.shape[1])
+    column = exact_pair_scores(zero_row, right, rows[zeros] * 0, cols[zeros], **scaled)
+    out[zeros] = column.double()
+    return out
 
 
 def _trusted_floor(dtype: torch.dtype, bank: int, boost: float = 0.0) -> float:
@@ -211,7 +337,8 @@ def _trusted_floor(dtype: torch.dtype, bank: int, boost: float = 0.0) -> float:
 
     A factor clamped up to the smallest normal number (tiny) is wrong by at most tiny, so its
     term by at most tiny * 2^boost; a product below tiny, flushed or subnormal, by at most tiny.
-    Every term is thus within tiny * max(2, 2^boost), and the sum within bank times that.
+    Every term is thus within tiny * max(2, 2^boost), and the sum within bank times that. (The
+    query row of zeros has factors exactly 2^boost, never clamped: the same bound holds.)
     """
     info = torch.finfo(dtype)
     term_error = info.tiny * max(2.0, 2.0**boost)
@@ -221,33 +348,41 @@ def _trusted_floor(dtype: torch.dtype, bank: int, boost: float = 0.0) -> float:
 def _float64_sums(
     left: torch.Tensor,
     right: torch.Tensor,
-    row_shift: torch.Tensor,
-    col_shift: torch.Tensor,
+    row_max: torch.Tensor,
+    col_max: torch.Tensor,
     peaks: tuple[float, float],
     rows: torch.Tensor,
     cols: torch.Tensor,
     chunk_size: int | None,
+    *,
+    scales: tuple[float, float] = (1.0, 1.0),
+    ones_row: bool = False,
 ) -> torch.Tensor:
     """S * 2^(2 * FLOAT64_BOOST) [P] for the pairs (rows[p], cols[p]), by the shifted product in
-    float64 with boosted factors.
+    float64 with boosted factors (row N, with `ones_row`, being the query row of zeros).
 
     This reaches ~990 nats below the shifts where float32 reaches ~58: wide-range float32
     inputs, whose pairs mostly fail float32's guard, then cost one more product, not a stream
     over [P, M]. The product runs over the pairs' distinct rows and columns only.
     """
-    line_rows, pair_row = torch.unique(rows, return_inverse=True)
+    line_rows, pair_row = torch.unique(rows, return_inverse=True)  # sorted: row N comes last
     line_cols, pair_col = torch.unique(cols, return_inverse=True)
+    with_ones = ones_row and bool(line_rows[-1] == left.shape[0])
+    if with_ones:
+        line_rows = line_rows[:-1]
     sums = _shifted_exp_product(
         left,
         right,
-        row_shift.double()[line_rows],
-        col_shift.double()[line_cols],
+        row_max.double()[line_rows],
+        col_max.double()[line_cols],
         peaks,
         chunk_size,
+        scales=scales,
         rows=None if line_rows.numel() == left.shape[0] else line_rows,
         cols=None if line_cols.numel() == right.shape[1] else line_cols,
         dtype=torch.float64,
         boost=FLOAT64_BOOST,
+        ones_row=with_ones,
     )
     return sums[pair_row, pair_col]
 
@@ -255,20 +390,25 @@ def _float64_sums(
 def _shifted_exp_product(
     left: torch.Tensor,
     right: torch.Tensor,
-    row_shift: torch.Tensor,
-    col_shift: torch.Tensor,
+    row_max: torch.Tensor,
+    col_max: torch.Tensor,
     peaks: tuple[float, float],
     chunk_size: int | None,
     *,
+    scales: tuple[float, float] = (1.0, 1.0),
     rows: torch.Tensor | None = None,
     cols: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
     boost: float = 0.0,
+    ones_row: bool = False,
 ) -> torch.Tensor:
-    """S = sum_m exp(left[n, m] - a[n]) * exp(right[m, k] - b[k]) [N, K] float64, a chunk of
-    bank rows at a time, times 2^(2 * boost); over left's `rows` and right's `cols` only when
-    given (the shifts are then those lines'), with factors in `dtype` (default: the inputs').
-    `peaks` are the largest |a| and |b| over all lines (they choose the exponent form).
+    """S = sum_m exp(s1 left[n, m] - a[n]) * exp(s2 right[m, k] - b[k]) [N, K] float64, a chunk
+    of bank rows at a time, times 2^(2 * boost), where (s1, s2) = `scales` and the shifts are
+    a = s1 * row_max, b = s2 * col_max; over left's `rows` and right's `cols` only when given
+    (the maxima are then those lines'), with factors in `dtype` (default: the inputs'). `peaks`
+    are the largest |a| and |b| over all lines (they choose the exponent form). With `ones_row`,
+    S has one more row, that of a query row of zeros (shift 0): its factors, exactly 2^boost,
+    are written into the chunk buffer once, so the product yields sum_m exp(s2 right - b) too.
 
     The shifts are the global maxima, found first by two cheap reductions, so the loop over
     chunks does nothing but exponentiate and multiply (an online, flash-style running maximum
@@ -280,24 +420,30 @@ def _shifted_exp_product(
     """
     dtype = dtype or left.dtype
     bank = left.shape[1]
-    n, k = row_shift.shape[0], col_shift.shape[0]
+    n, k = row_max.shape[0], col_max.shape[0]
+    lines = n + 1 if ones_row else n
     budget = CHUNK_ELEMENTS if left.device.type == "cpu" else CHUNK_ELEMENTS_GPU
     # At least PARTIAL_TERMS rows a step: many tiny steps cost more in per-op overhead (and in
     # thread wake-ups on a busy machine) than they gain in cache locality.
-    chunk = chunk_size or max(PARTIAL_TERMS, budget // (n + k))
+    chunk = chunk_size or max(PARTIAL_TERMS, budget // (lines + k))
     if chunk > PARTIAL_TERMS:
         chunk = chunk // PARTIAL_TERMS * PARTIAL_TERMS
     chunk = min(chunk, bank)
-    sums = torch.zeros((n, k), dtype=torch.float64, device=left.device)
-    left_buffer = torch.empty((n, chunk), dtype=dtype, device=left.device)
+    sums = torch.zeros((lines, k), dtype=torch.float64, device=left.device)
+    left_buffer = torch.empty((lines, chunk), dtype=dtype, device=left.device)
     right_buffer = torch.empty((chunk, k), dtype=dtype, device=left.device)
-    # exp(x - a) * 2^boost = exp2(x * log2 e - a * log2 e + boost): one fused multiply-add pass,
-    # then exp2; for shifts so large that the fused form's rounding matters, exp2((x - a) * log2 e
-    # + boost).
+    if ones_row:
+        left_buffer[n].fill_(2.0**boost)  # exp(s1 * 0 - 0) * 2^boost, for every bank row
+    left_scale, right_scale = scales
+    # exp(s x - s max) * 2^boost = exp2(x * (s log2 e) - max * (s log2 e) + boost): one fused
+    # multiply-add pass, then exp2; for shifts so large that the fused form's rounding matters,
+    # exp2((x - max) * (s log2 e) + boost).
     eps = torch.finfo(dtype).eps
     row_centred, col_centred = (peak * eps > FUSED_SHIFT_ROUNDING for peak in peaks)
-    row_offset = (row_shift if row_centred else _fused_offset(row_shift, boost))[:, None]
-    col_offset = (col_shift if col_centred else _fused_offset(col_shift, boost))[None, :]
+    row_offset = row_max if row_centred else _fused_offset(row_max, left_scale, boost)
+    col_offset = col_max if col_centred else _fused_offset(col_max, right_scale, boost)
+    row_form = {"scale": left_scale, "centred": row_centred, "boost": boost}
+    col_form = {"scale": right_scale, "centred": col_centred, "boost": boost}
     with _full_precision_matmul(), _flush_denormals(left.device):
         for m0 in range(0, bank, chunk):
             left_chunk, right_chunk = left[:, m0 : m0 + chunk], right[m0 : m0 + chunk]
@@ -306,19 +452,20 @@ def _shifted_exp_product(
             if cols is not None:  # index_select: several times faster than [:, cols] on CPU
                 right_chunk = right_chunk.index_select(1, cols)
             width = left_chunk.shape[1]
-            left_factor = _exp2_of_affine(
-                left_chunk, row_offset, left_buffer[:, :width], centred=row_centred, boost=boost
-            )
+            if n:
+                _exp2_of_affine(
+                    left_chunk, row_offset[:, None], left_buffer[:n, :width], **row_form
+                )
             right_factor = _exp2_of_affine(
-                right_chunk, col_offset, right_buffer[:width], centred=col_centred, boost=boost
+                right_chunk, col_offset[None, :], right_buffer[:width], **col_form
             )
-            sums += _blocked_product(left_factor, right_factor)
+            sums += _blocked_product(left_buffer[:, :width], right_factor)
     return sums
 
 
-def _fused_offset(shift: torch.Tensor, boost: float) -> torch.Tensor:
-    """-shift * log2 e + boost, the offset of the fused exponent."""
-    offset = shift * -LOG2_E
+def _fused_offset(maxima: torch.Tensor, scale: float, boost: float) -> torch.Tensor:
+    """-scale * max * log2 e + boost, the offset of the fused exponent."""
+    offset = maxima * (-scale * LOG2_E)
     return offset.add_(boost) if boost else offset
 
 
@@ -327,16 +474,20 @@ def _exp2_of_affine(
     offset: torch.Tensor,
     out: torch.Tensor,
     *,
+    scale: float = 1.0,
     centred: bool = False,
     boost: float = 0.0,
 ) -> torch.Tensor:
-    """exp2(values * log2 e + offset) written into `out`, never subnormal; with `centred`,
-    exp2((values - offset) * log2 e + boost), the offset then being the shift itself.
+    """exp2(values * (scale log2 e) + offset) written into `out`, never subnormal; with
+    `centred`, exp2((values - offset) * (scale log2 e) + boost), the offset then being the
+    unscaled maximum itself. Either way no scaled copy of `values` is made.
 
     torch's exp2 is about twice as fast as exp on CPU; the extra rounding of the product is of
     the same order as that of the subtraction (|values - shift| * eps), inside the stated
     tolerance, as long as the shift is moderate (the fused form also rounds |shift| * eps, which
-    for a shift of -1e30 is far more than the whole range of exp2: hence `centred`).
+    for a shift of -1e30 is far more than the whole range of exp2: hence `centred`). The
+    centred form subtracts before it scales: values - max is exact near the maximum (and never
+    positive), where scale * values - scale * max would round each product by |shift| * eps.
     Arguments are clamped at the exponent of the smallest normal number: a subnormal
     result takes exp2 (and later products) on a path up to four times slower, and the flush-to-
     zero switch reaches only the calling thread, not torch's worker threads. The clamp changes
@@ -350,11 +501,11 @@ def _exp2_of_affine(
         wide = (rows // fold, fold * width)
         values, offset, target = values.view(wide), offset.repeat(1, fold), out.view(wide)
     if centred:
-        torch.sub(values, offset, out=target).mul_(LOG2_E)
+        torch.sub(values, offset, out=target).mul_(scale * LOG2_E)
         if boost:
             target.add_(boost)
     else:
-        torch.add(offset, values, alpha=LOG2_E, out=target)
+        torch.add(offset, values, alpha=scale * LOG2_E, out=target)
     return out.clamp_min_(SMALLEST_NORMAL_EXPONENT[out.dtype]).exp2_()
 
 
@@ -387,15 +538,22 @@ def _column_max(x: torch.Tensor) -> torch.Tensor:
     return folded if whole == rows else torch.maximum(folded, x[whole:].amax(dim=0))
 
 
-def _shifts(maxima: torch.Tensor, name: str) -> tuple[torch.Tensor, float]:
-    """The line maxima as shifts, 0 for a line that is all -inf (no path at all, so that nothing
-    becomes NaN), and their largest magnitude; NaN or +inf in the input is refused. One
-    device-to-host read: amax propagates NaN."""
+def _shifts(maxima: torch.Tensor, name: str, scale: float = 1.0) -> tuple[torch.Tensor, float]:
+    """The line maxima, 0 for a line that is all -inf (no path at all, so that nothing becomes
+    NaN), and the largest magnitude of the shifts scale * max; NaN or +inf in the input is
+    refused, and so is a scaled maximum beyond the dtype's range (it would be +inf: any scaled
+    value overflowing to -inf is a path far below the others, whose loss changes nothing). One
+    device-to-host read (amax propagates NaN), two only when the scale might overflow."""
     shift = torch.where(torch.isneginf(maxima), torch.zeros_like(maxima), maxima)
     peak = float(shift.abs().amax()) if shift.numel() else 0.0
     if not math.isfinite(peak):
         raise NonFiniteScoresError(f"{name} contains NaN or +inf; bridge scores need finite input")
-    return shift, peak
+    top = torch.finfo(shift.dtype).max
+    if peak * scale > top and float(shift.amax()) * scale > top:
+        raise NonFiniteScoresError(
+            f"{name} times its scale {scale:g} exceeds the range of {shift.dtype}"
+        )
+    return shift, peak * scale
 
 
 @contextlib.contextmanager

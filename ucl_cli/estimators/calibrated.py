@@ -19,6 +19,10 @@ Why each knob:
 Both parts are sums over bank rows, so the score shards exactly like `bridge_scores`: each shard
 returns its partial bridge sum and its partial normaliser (`partial_calibrated_scores`), and
 `combine_calibrated` joins any split of the bank into the scores of one call.
+
+Cost: about one bridge sum. The temperatures are the scales of `partial_bridge_scores`, folded
+into its exp2 pass (no tempered copy of either matrix), and the normaliser comes out of the same
+pass as one more row of its matrix product (`partial_bridge_scores_with_column_sums`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,12 @@ import torch
 # The settings themselves live in a torch-free module (the CLI parses them before torch loads).
 from ucl_cli.calibration import NORMALIZATIONS, Calibration
 from ucl_cli.errors import UsageError
-from ucl_cli.estimators.bridge import PartialScores, combine_partials, partial_bridge_scores
+from ucl_cli.estimators.bridge import (
+    PartialScores,
+    combine_partials,
+    partial_bridge_scores,
+    partial_bridge_scores_with_column_sums,
+)
 
 
 @dataclass(frozen=True)
@@ -60,22 +69,23 @@ def partial_calibrated_scores(
     right_shard: torch.Tensor,
     calibration: Calibration | None = None,
 ) -> CalibratedPartial:
-    """One shard of bank rows; join shards with `combine_calibrated`."""
+    """One shard of bank rows; join shards with `combine_calibrated`.
+
+    The temperatures are the bridge sum's scales: they enter the exponent of each factor in
+    the sum's one exp2 pass, so neither matrix is copied. The normaliser logsumexp_m t2
+    right[m, k] is the bridge sum of a query row of zeros, whose factors are all 1: one more
+    row of the same pass's matrix product (1/N more product work, no copy of left), with the
+    same exactness, instead of a second reduction over the [M, K] matrix.
+    """
     calibration = calibration or Calibration()
-    tempered_right = _tempered(right_shard, calibration.candidate_temperature)
+    scales = {
+        "left_scale": calibration.query_temperature,
+        "right_scale": calibration.candidate_temperature,
+    }
     if calibration.normalize == "none":
-        tempered_left = _tempered(left_shard, calibration.query_temperature)
-        return CalibratedPartial(partial_bridge_scores(tempered_left, tempered_right), None)
-    # The normaliser logsumexp_m t2 right[m, k] is the bridge sum of a query whose left row is
-    # all zeros: one extra row in the same pass (1/N more work), with the same exactness, instead
-    # of a second reduction over the [M, K] matrix (which cost several bridge sums on CPU). The
-    # tempered rows are written straight into that [N + 1, M] matrix: one copy, not two.
-    rows, bank = left_shard.shape
-    left_and_uniform = left_shard.new_zeros((rows + 1, bank))
-    torch.mul(left_shard, calibration.query_temperature, out=left_and_uniform[:rows])
-    both = partial_bridge_scores(left_and_uniform, tempered_right)
-    bridge = PartialScores(both.lse[:-1], both.count, both.dtype)
-    return CalibratedPartial(bridge, both.lse[-1])
+        return CalibratedPartial(partial_bridge_scores(left_shard, right_shard, **scales), None)
+    bridge, normalizer = partial_bridge_scores_with_column_sums(left_shard, right_shard, **scales)
+    return CalibratedPartial(bridge, normalizer)
 
 
 def combine_calibrated(parts: Sequence[CalibratedPartial]) -> torch.Tensor:
@@ -95,10 +105,6 @@ def combine_calibrated(parts: Sequence[CalibratedPartial]) -> torch.Tensor:
     # A candidate no bank row reaches (every right[m, k] = -inf) has no path: -inf, not NaN.
     out = out.masked_fill(torch.isneginf(normalizer)[None, :].expand_as(out), -math.inf)
     return out.to(scores.dtype)
-
-
-def _tempered(values: torch.Tensor, temperature: float) -> torch.Tensor:
-    return values if temperature == 1.0 else values * temperature
 
 
 __all__ = [
