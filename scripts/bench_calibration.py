@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -32,42 +31,37 @@ from pathlib import Path
 
 import torch
 
-from ucl_cli.estimators.calibrated import Calibration
-from ucl_cli.experiments.evaluation import bank_sweep
+from ucl_cli.calibration import NORMALIZATIONS
+from ucl_cli.experiments.calibration_rules import (
+    GRID_ORDER,
+    GridScores,
+    best_on_labels,
+    best_on_pseudo_pairs,
+    smallest_t_reaching_ess,
+)
 from ucl_cli.experiments.families import INDEPENDENT
 from ucl_cli.experiments.options import preset
-from ucl_cli.experiments.tasks import bridge_terms, pseudo_pair_terms, seed_data
+from ucl_cli.experiments.tasks import calibration_grid, seed_data
 from ucl_cli.experiments.training import train_families
 from ucl_cli.files import atomic_write_json
 from ucl_cli.parsing import parse_seeds, parse_sizes
 
-TEMPERATURES = (1.0, 0.5, 0.25, 0.1, 0.05)
-NORMALIZATIONS = ("none", "candidates")
-GRID = [Calibration(t, t, norm) for norm in NORMALIZATIONS for t in TEMPERATURES]
 
-
-def name(calibration: Calibration) -> str:
-    return f"t={calibration.query_temperature:g},{calibration.normalize}"
-
-
-def run_seed(options, critic: str, seed: int, sizes: tuple[int, ...]) -> dict:
+def run_seed(options, critic: str, seed: int) -> dict:
     """Every calibration's recall and median ESS on the labelled groups, and its recall on the
-    label-free pseudo-pairs, at every bank size."""
+    label-free pseudo-pairs, at every bank size of `options.all_bank_sizes`."""
     dtype = getattr(torch, options.eval_dtype)
     start = time.perf_counter()
     data = seed_data(options, seed)
     trained = train_families((INDEPENDENT,), critic, data.train, options.training, seed)
     trained_s = time.perf_counter() - start
-    terms, groups = bridge_terms(trained, INDEPENDENT, data, options, dtype)
-    pseudo, pseudo_groups = pseudo_pair_terms(trained, INDEPENDENT, data, options, dtype, seed)
+    grid = calibration_grid(trained, INDEPENDENT, data, replace(options, ess=True), dtype, seed)
     out = {"train_s": trained_s, "calibrations": {}}
-    for calibration in GRID:
-        labelled = bank_sweep(terms, groups, sizes, ess=True, calibration=calibration)
-        free = bank_sweep(pseudo, pseudo_groups, sizes, ess=False, calibration=calibration)
-        out["calibrations"][name(calibration)] = {
-            "recall": list(labelled.recall),
-            "ess": list(labelled.ess_all),
-            "pseudo_recall": list(free.recall),
+    for name, scores in grid.items():
+        out["calibrations"][name] = {
+            "recall": list(scores.recall),
+            "ess": list(scores.ess),
+            "pseudo_recall": list(scores.pseudo_recall),
         }
     out["total_s"] = time.perf_counter() - start
     return out
@@ -77,32 +71,27 @@ def report(record: dict) -> None:
     sizes = record["sizes"]
     seeds = sorted(record["seeds"], key=int)
     chooser, judged = seeds[0], seeds[1:] or seeds[:1]
-    runs = record["seeds"]
-
-    def recall(seed: str, calibration: str, i: int) -> float:
-        return runs[seed]["calibrations"][calibration]["recall"][i]
+    grids = {
+        seed: {
+            calibration: GridScores.from_json(numbers)
+            for calibration, numbers in record["seeds"][seed]["calibrations"].items()
+        }
+        for seed in seeds
+    }
 
     def mean_over(pick, over: list[str], i: int) -> float:
-        return statistics.fmean(recall(seed, pick(seed, i), i) for seed in over)
+        return statistics.fmean(grids[seed][pick(seed, i)].recall[i] for seed in over)
 
     def by_pseudo(seed: str, i: int) -> str:
-        table = runs[seed]["calibrations"]
-        return max(table, key=lambda c: (table[c]["pseudo_recall"][i], -GRID_ORDER[c]))
+        return best_on_pseudo_pairs(grids[seed], i)
 
     def by_ess(normalize: str):
         def pick(seed: str, i: int) -> str:
-            table = runs[seed]["calibrations"]
-            target = math.sqrt(sizes[i])
-            ordered = [c for c in GRID_ORDER if c.endswith(normalize)]  # t descending
-            reached = [c for c in ordered if table[c]["ess"][i] >= target]
-            return reached[0] if reached else ordered[-1]
+            return smallest_t_reaching_ess(grids[seed], sizes[i], i, normalize)
 
         return pick
 
-    chosen = [
-        max(runs[chooser]["calibrations"], key=lambda c, i=i: recall(chooser, c, i))
-        for i in range(len(sizes))
-    ]
+    chosen = [best_on_labels(grids[chooser], i) for i in range(len(sizes))]
     print(
         f"{record['critic']} critic, independent encoders, preset {record['preset']}, "
         f"seeds {','.join(seeds)}; label-chosen rows judged on seeds {','.join(judged)}, "
@@ -134,10 +123,7 @@ def report(record: dict) -> None:
     print("what each rule picked, per seed (first bank size / last):")
     for seed in seeds:
         picks = [(by_pseudo(seed, i), by_ess("candidates")(seed, i)) for i in (0, len(sizes) - 1)]
-        best = [
-            max(runs[seed]["calibrations"], key=lambda c, i=i: recall(seed, c, i))
-            for i in (0, len(sizes) - 1)
-        ]
+        best = [best_on_labels(grids[seed], i) for i in (0, len(sizes) - 1)]
         print(
             f"  seed {seed}: label-best {best[0]} / {best[1]}; pseudo-pairs {picks[0][0]} / "
             f"{picks[1][0]}; ESS rule {picks[0][1]} / {picks[1][1]}"
@@ -146,13 +132,9 @@ def report(record: dict) -> None:
     print("median ESS at each calibration (mean over seeds):")
     for calibration in GRID_ORDER:
         cells = [
-            statistics.fmean(runs[s]["calibrations"][calibration]["ess"][i] for s in seeds)
-            for i in range(len(sizes))
+            statistics.fmean(grids[s][calibration].ess[i] for s in seeds) for i in range(len(sizes))
         ]
         print(f"  {calibration}: " + ", ".join(f"{cell:.1f}" for cell in cells))
-
-
-GRID_ORDER = {name(c): i for i, c in enumerate(GRID)}
 
 
 def main() -> None:
@@ -185,7 +167,7 @@ def main() -> None:
         for seed in parse_seeds(args.seeds):
             if str(seed) in record["seeds"]:
                 continue
-            record["seeds"][str(seed)] = run_seed(options, args.critic, seed, sizes)
+            record["seeds"][str(seed)] = run_seed(options, args.critic, seed)
             done = record["seeds"][str(seed)]
             print(
                 f"seed {seed}: trained in {done['train_s']:.0f} s, all in {done['total_s']:.0f} s",

@@ -20,6 +20,8 @@ class SynthOptions:
     apart from the evaluated triplets. eval_dtype is the precision of the bridge sums: float64,
     because the learned dot and -1/2||x-y||^2 critics span hundreds of nats across a bank, where
     float32 sums need the slow exact fallback for many entries (docs/REPRODUCTION.md).
+    calibrated: also measure the independent family's bridge with every tempered and
+    self-normalised calibration of `calibration_rules.GRID`, for the rows that pick one.
     """
 
     seeds: tuple[int, ...] = tuple(range(10))
@@ -36,6 +38,7 @@ class SynthOptions:
     exact_references: bool = True
     ess: bool = True
     eval_dtype: str = "float64"
+    calibrated: bool = False
 
     @property
     def all_bank_sizes(self) -> tuple[int, ...]:

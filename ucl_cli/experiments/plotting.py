@@ -2,7 +2,8 @@
 
 One bar chart per critic (model families on the x axis; Direct and each Monte Carlo bank size as
 bars, with 95% confidence intervals over seeds; published values as black ticks; chance and
-Bayes-optimal as lines), and a last panel with the bank-size sweep.
+Bayes-optimal as lines), a panel with the bank-size sweep, and for a --calibrated run a last
+panel with the tempered and self-normalised scores beside the paper's estimator.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ def plot_results(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     critics = list(results["options"]["critics"])
-    figure, axes = plt.subplots(
-        1, len(critics) + 1, figsize=(4.2 * (len(critics) + 1), 4.6), squeeze=False
-    )
+    calibrated = results.get("calibrated") is not None
+    panels = len(critics) + 1 + calibrated
+    figure, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 4.6), squeeze=False)
     for axis, critic in zip(axes[0], critics, strict=False):
         _bars(axis, results, critic)
-    _sweep(axes[0][-1], results)
+    _sweep(axes[0][len(critics)], results)
+    if calibrated:
+        _calibrated(axes[0][-1], results)
     handles, labels = axes[0][0].get_legend_handles_labels()
     figure.legend(
         handles,
@@ -125,3 +128,57 @@ def _sweep(axis, results: dict) -> None:
     axis.set_ylabel("Monte Carlo recall@1")
     axis.set_title("bank-size sweep")
     axis.legend(fontsize=6, loc="lower right")
+
+
+VARIANT_STYLES = {  # the paper's estimator, then the --calibrated rows
+    "paper": ":",
+    "self_normalised": "-.",
+    "pseudo_pairs": "-",
+    "labels": "--",
+}
+
+
+def _calibrated(axis, results: dict) -> None:
+    """Independent models against bank size: one colour per critic, one line style per way of
+    scoring (the legend names the rule that picked each)."""
+    from matplotlib.lines import Line2D
+
+    calibrated = results["calibrated"]
+    family = calibrated["family"]
+    rows = [{**row, "variant": "paper"} for row in results["sweep"] if row["family"] == family] + [
+        row for row in calibrated["rows"] if not row["unavailable"]
+    ]
+    critics = list(dict.fromkeys(row["critic"] for row in rows))
+    colours = {critic: f"C{i}" for i, critic in enumerate(critics)}
+    for row in rows:
+        if not row["recall"] or any(r["mean"] is None for r in row["recall"]):
+            continue
+        axis.errorbar(
+            row["sizes"],
+            [r["mean"] for r in row["recall"]],
+            yerr=[0.0 if r["ci95"] is None else r["ci95"] for r in row["recall"]],
+            color=colours[row["critic"]],
+            linestyle=VARIANT_STYLES[row["variant"]],
+            marker="o",
+            markersize=3,
+            capsize=2,
+        )
+    labels = {
+        "paper": "the paper's estimator",
+        "self_normalised": "self-normalised, t=1",
+        "pseudo_pairs": "picked on pseudo-pairs (no labels)",
+        "labels": "picked on the first seed's labels, judged on the others",
+    }
+    shown = {row["variant"] for row in rows}
+    handles = [
+        Line2D([], [], color="black", linestyle=VARIANT_STYLES[v], label=labels[v])
+        for v in VARIANT_STYLES
+        if v in shown
+    ]
+    handles += [Line2D([], [], color=colours[c], label=CRITIC_TITLES.get(c, c)) for c in critics]
+    axis.set_xscale("log")
+    axis.set_ylim(0, 1.05)
+    axis.set_xlabel("bank size M")
+    axis.set_ylabel("Monte Carlo recall@1")
+    axis.set_title(f"{FAMILY_TITLES[family]}: calibrated scores", fontsize=9)
+    axis.legend(handles=handles, fontsize=6, loc="lower right")

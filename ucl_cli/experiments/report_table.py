@@ -4,6 +4,7 @@ saved run renders exactly like a fresh one."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from rich.table import Table
 from rich.text import Text
@@ -78,6 +79,101 @@ def sweep_table(results: dict) -> Table:
             texts.append("…" if mean is None else f"{mean:.3f}{ess_text}")
         table.add_row(family, critic, *texts)
     return table
+
+
+def calibrated_table(results: dict) -> Table | None:
+    """The --calibrated rows (None for a run without them): recall@1 (mean ± 95% CI over the
+    seeds each row is judged on) at every bank size, with the calibration each row picked under
+    it, beside the paper's estimator on the same models."""
+    calibrated = results.get("calibrated")
+    if calibrated is None:
+        return None
+    rows = calibrated["rows"]
+    sizes = rows[0]["sizes"] if rows else []
+    family = calibrated["family"]
+    notes = dict.fromkeys(  # once, not once per critic
+        f"\n{_variant_label(row)}: not reported ({row['unavailable']})."
+        for row in rows
+        if row["unavailable"]
+    )
+    table = Table(
+        title=f"Tempered and self-normalised bridge scores, {FAMILY_TITLES[family]}: recall@1 "
+        "(mean ± 95% CI over the seeds judged), and under it the calibration picked",
+        title_justify="left",
+        caption=CALIBRATED_CAPTION + "".join(notes),
+        caption_justify="left",
+    )
+    table.add_column("critic")
+    table.add_column("scores")
+    for size in sizes:
+        table.add_column(f"M={_size_label(size)}", justify="right")
+    paper = {row["critic"]: row for row in results["sweep"] if row["family"] == family}
+    critics = sorted({row["critic"] for row in rows}, key=lambda c: _row_order((family, c)))
+    for index, critic in enumerate(critics):
+        if index:
+            table.add_section()
+        if critic in paper:
+            reference = paper[critic]
+            seeds = len(reference["recall"][0]["values"]) if reference["recall"] else 0
+            picks = [[calibrated["paper"]] * seeds for _ in sizes]
+            cells = zip(reference["recall"], picks, strict=True)
+            table.add_row(critic, "the paper's estimator", *[_pick_cell(*cell) for cell in cells])
+        for row in (r for r in rows if r["critic"] == critic):
+            if row["unavailable"]:
+                texts = ["n/a"] * len(sizes)
+            else:
+                cells = zip(row["recall"], row["picked"], strict=True)
+                texts = [_pick_cell(*cell) for cell in cells]
+            table.add_row("" if critic in paper else critic, _variant_label(row), *texts)
+    return table
+
+
+CALIBRATED_CAPTION = (
+    "t: temperature on both critics; none: not normalised (as the paper); cand: each "
+    "candidate's bridge sum divided by the bank's estimate of 1 (self-normalised). When seeds "
+    "picked differently, the most common pick and how many seeds made it. Pseudo-pairs: fresh B "
+    "samples through the A-B model's B encoder as queries and the B-C model's as their own "
+    "candidates; no labels. A pick made on a seed's labels is never judged on that seed."
+)
+
+
+def _variant_label(row: dict) -> str:
+    if row["variant"] == "self_normalised":
+        return "self-normalised (t=1, cand)"
+    if row["variant"] == "pseudo_pairs":
+        return "picked per seed on its pseudo-pairs (no labels)"
+    chooser = _seed_list(row["chosen_on"])
+    if row["unavailable"]:
+        return f"picked on seed {chooser}'s labels"
+    judged = row["judged_on"]
+    seeds = "seed" if len(judged) == 1 else "seeds"
+    return f"picked on seed {chooser}'s labels, judged on {seeds} {_seed_list(judged)}"
+
+
+def _pick_cell(recall: dict, picks: list[str]) -> str:
+    mean, ci = recall["mean"], recall["ci95"]
+    if mean is None:  # no seed of this row has finished yet
+        return "…"
+    text = f"{mean:.3f}" + (f" ±{ci:.3f}" if ci is not None and not math.isnan(ci) else "")
+    if not picks:
+        return text
+    counts = Counter(picks)
+    top = max(counts, key=lambda name: (counts[name], -picks.index(name)))
+    shown = top.replace(",candidates", ",cand")
+    if counts[top] < len(picks):
+        shown += f" {counts[top]}/{len(picks)}"
+    return f"{text}\n{shown}"
+
+
+def _seed_list(seeds: list[int]) -> str:
+    """1,2,3,5 -> "1-3,5"."""
+    runs: list[list[int]] = []
+    for seed in seeds:
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    return ",".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def timing_text(results: dict) -> str:

@@ -9,8 +9,16 @@ import statistics
 from dataclasses import dataclass
 
 from ucl_cli.errors import UsageError
+from ucl_cli.experiments.calibration_rules import (
+    GRID_ORDER,
+    PAPER,
+    GridScores,
+    SeedGrid,
+    VariantRow,
+    variant_rows,
+)
 from ucl_cli.experiments.evaluation import BankSweep
-from ucl_cli.experiments.families import FAMILIES
+from ucl_cli.experiments.families import FAMILIES, INDEPENDENT
 from ucl_cli.experiments.options import SynthOptions
 from ucl_cli.experiments.published import published_value
 from ucl_cli.experiments.tasks import CriticRun, FamilyResult, ReferenceRun
@@ -51,6 +59,30 @@ class SweepRow:
     recall: tuple[Summary, ...]
     ess_positive: tuple[float, ...]  # median over seeds of each seed's median ESS
     ess_all: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class CalibratedRow:
+    """A tempered and/or self-normalised score of the independent family, against bank size
+    (`ucl synth --calibrated`): which rule picked its calibration, what it picked, and how it
+    did on the seeds it is judged on (never on a seed whose labels chose it).
+
+    picked[i][j]: the calibration ("t=0.1,candidates") applied to seed judged_on[j] at sizes[i].
+    unavailable: why the row has no numbers (one seed cannot both choose and judge), or None.
+    """
+
+    family: str
+    critic: str
+    variant: str  # "self_normalised", "pseudo_pairs" or "labels"
+    rule: str
+    chosen_on: tuple[int, ...]  # seeds whose labels chose (empty: no labels used)
+    judged_on: tuple[int, ...]
+    sizes: tuple[int, ...]
+    recall: tuple[Summary, ...]
+    ess_positive: tuple[float, ...]  # median over judged seeds of each seed's median ESS
+    ess_all: tuple[float, ...]
+    picked: tuple[tuple[str, ...], ...]
+    unavailable: str | None = None
 
 
 @dataclass
@@ -128,13 +160,37 @@ class SynthResults:
             rows.append(_sweep_row("reference", "lemma1", [r.lemma1 for r in self._references()]))
         return rows
 
+    def calibrated(self) -> list[CalibratedRow]:
+        """The --calibrated rows of every critic (none without --calibrated)."""
+        if not self.options.calibrated:
+            return []
+        sizes = self.options.all_bank_sizes
+        rows = []
+        for critic in self.options.critics:
+            grids = self._grids(critic)
+            waiting = len(grids) < len(self.options.seeds)
+            for row in variant_rows(grids, sizes, self.options.seeds[0], waiting):
+                rows.append(_calibrated_row(INDEPENDENT.name, critic, row, grids, sizes))
+        return rows
+
     def to_json(self) -> dict:
         """Everything needed to redraw the table and the figure, and every per-seed number."""
+        options = dataclasses.asdict(self.options)
+        if not self.options.calibrated:
+            del options["calibrated"]  # files of runs without it stay as they were
+        extra = {}
+        if self.options.calibrated:
+            extra["calibrated"] = {
+                "family": INDEPENDENT.name,
+                "grid": list(GRID_ORDER),
+                "paper": PAPER,
+                "rows": [_finite(dataclasses.asdict(row)) for row in self.calibrated()],
+            }
         return {
             "format": FORMAT,
             "complete": self.complete,
             "completed_seeds": self.completed_seeds,
-            "options": dataclasses.asdict(self.options),
+            "options": options,
             "timing": {
                 "wall_seconds": self.wall_seconds,
                 "seconds_per_seed": self.seconds_per_seed,
@@ -149,6 +205,7 @@ class SynthResults:
             "sweep": [_finite(dataclasses.asdict(row)) for row in self.sweep()],
             "runs": [_critic_run_json(run) for run in self._runs(None)],
             "reference_runs": [_reference_run_json(run) for run in self._references()],
+            **extra,
         }
 
     def _cell(self, family: str, critic: str, column: str) -> dict:
@@ -175,6 +232,15 @@ class SynthResults:
 
     def _references(self) -> list[ReferenceRun]:
         return sorted(self.reference_runs, key=lambda run: run.seed)
+
+    def _grids(self, critic: str) -> dict[int, SeedGrid]:
+        """Seed -> the independent family's calibration grid, for the finished runs of a critic."""
+        grids = {}
+        for run in self._runs(critic):
+            result = run.families.get(INDEPENDENT.name)
+            if result is not None and result.calibrations is not None:
+                grids[run.seed] = result.calibrations
+        return grids
 
 
 def load_results(record: dict) -> SynthResults:
@@ -226,12 +292,19 @@ def _sweep_from_json(fields: dict | None) -> BankSweep | None:
     )
 
 
+def _grid_from_json(fields: dict | None) -> dict[str, GridScores] | None:
+    if fields is None:
+        return None
+    return {name: GridScores.from_json(numbers) for name, numbers in fields.items()}
+
+
 def _critic_run_from_json(run: dict) -> CriticRun:
     families = {
         name: FamilyResult(
             float(result["direct"]),
             _sweep_from_json(result["sweep"]),
             {pair: float(scale) for pair, scale in result["logit_scales"].items()},
+            _grid_from_json(result.get("calibrations")),
         )
         for name, result in run["families"].items()
     }
@@ -280,6 +353,35 @@ def _sweep_row(family: str, critic: str, sweeps: list[BankSweep]) -> SweepRow:
     )
 
 
+def _calibrated_row(
+    family: str,
+    critic: str,
+    row: VariantRow,
+    grids: dict[int, SeedGrid],
+    sizes: tuple[int, ...],
+) -> CalibratedRow:
+    """Means and CIs over the judged seeds (none: NaN, as for an unavailable row)."""
+
+    def median(values: list[float]) -> float:
+        return statistics.median(values) if values else math.nan
+
+    every = range(len(sizes))
+    return CalibratedRow(
+        family,
+        critic,
+        row.variant,
+        row.rule,
+        row.chosen_on,
+        row.judged_on,
+        sizes,
+        tuple(Summary.of(row.recall(grids, i)) for i in every),
+        tuple(median(row.ess(grids, i, matched=True)) for i in every),
+        tuple(median(row.ess(grids, i, matched=False)) for i in every),
+        row.picks,
+        row.unavailable,
+    )
+
+
 def _sweep_json(sweep: BankSweep | None) -> dict | None:
     return None if sweep is None else _finite(dataclasses.asdict(sweep))
 
@@ -292,15 +394,21 @@ def _critic_run_json(run: CriticRun) -> dict:
         "train_seconds": run.train_seconds,
         "eval_seconds": run.eval_seconds,
         "cpu_seconds": run.cpu_seconds,
-        "families": {
-            name: {
-                "direct": result.direct,
-                "logit_scales": result.logit_scales,
-                "sweep": _sweep_json(result.sweep),
-            }
-            for name, result in run.families.items()
-        },
+        "families": {name: _family_json(result) for name, result in run.families.items()},
     }
+
+
+def _family_json(result: FamilyResult) -> dict:
+    fields = {
+        "direct": result.direct,
+        "logit_scales": result.logit_scales,
+        "sweep": _sweep_json(result.sweep),
+    }
+    if result.calibrations is not None:  # --calibrated, independent family
+        fields["calibrations"] = {
+            name: _finite(scores.to_json()) for name, scores in result.calibrations.items()
+        }
+    return fields
 
 
 def _reference_run_json(run: ReferenceRun) -> dict:

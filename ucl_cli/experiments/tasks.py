@@ -8,6 +8,7 @@ draw comes from a generator seeded by the experiment seed and the purpose of the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from ucl_cli.estimators import get_critic
+from ucl_cli.experiments.calibration_rules import GRID, GridScores, measure_grid
 from ucl_cli.experiments.evaluation import (
     BankSweep,
     GroupTerms,
@@ -25,7 +27,7 @@ from ucl_cli.experiments.evaluation import (
     grouped_recall,
 )
 from ucl_cli.experiments.exact_references import true_ratios
-from ucl_cli.experiments.families import FAMILIES, FamilySpec
+from ucl_cli.experiments.families import FAMILIES, INDEPENDENT, FamilySpec
 from ucl_cli.experiments.gaussian_data import (
     GaussianWorld,
     Triplets,
@@ -58,6 +60,8 @@ class FamilyResult:
     direct: float
     sweep: BankSweep | None  # None for the oracle, which has no bridge
     logit_scales: dict[str, float]  # "A-B" -> trained scale
+    # calibration name -> its numbers, for the independent family of a --calibrated run
+    calibrations: dict[str, GridScores] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class ReferenceRun:
 
 
 def critic_task_units(options: SynthOptions) -> float:
-    return options.training.epochs + EVAL_UNITS
+    """Training epochs, evaluation, and one unit per calibration of the grid when asked for."""
+    return options.training.epochs + EVAL_UNITS + (len(GRID) if options.calibrated else 0)
 
 
 def seed_data(options: SynthOptions, seed: int) -> SeedData:
@@ -114,6 +119,17 @@ def run_critic(
     for index, family in enumerate(FAMILIES):
         report(options.training.epochs + index, f"seed {seed} {critic}: evaluating {family.name}")
         results[family.name] = _evaluate_family(trained, family, data, options, dtype)
+    if options.calibrated:
+        base = options.training.epochs + EVAL_UNITS
+
+        def on_step(done: int, total: int) -> None:
+            report(base + done, f"seed {seed} {critic}: calibrated scores {done}/{total}")
+
+        report(base, f"seed {seed} {critic}: calibrated scores 0/{len(GRID)}")
+        grid = calibration_grid(trained, INDEPENDENT, data, options, dtype, seed, on_step)
+        results[INDEPENDENT.name] = dataclasses.replace(
+            results[INDEPENDENT.name], calibrations=grid
+        )
     report(critic_task_units(options), f"seed {seed} {critic}: done")
     return CriticRun(
         seed,
@@ -174,6 +190,23 @@ def _evaluate_family(
     terms, groups = bridge_terms(trained, family, data, options, dtype)
     sweep = bank_sweep(terms, groups, options.all_bank_sizes, ess=options.ess)
     return FamilyResult(direct, sweep, scales)
+
+
+def calibration_grid(
+    trained: TrainedFamilies,
+    family: FamilySpec,
+    data: SeedData,
+    options: SynthOptions,
+    dtype: torch.dtype,
+    seed: int,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict[str, GridScores]:
+    """Every calibration of `calibration_rules.GRID` on the family's labelled held-out groups
+    and on its label-free pseudo-pairs, at every bank size of the run."""
+    terms, groups = bridge_terms(trained, family, data, options, dtype)
+    pseudo, pseudo_groups = pseudo_pair_terms(trained, family, data, options, dtype, seed)
+    sizes = options.all_bank_sizes
+    return measure_grid(terms, groups, pseudo, pseudo_groups, sizes, options.ess, on_step)
 
 
 def bridge_terms(
