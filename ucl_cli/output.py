@@ -5,8 +5,9 @@ The JSON lines schema of query results is stable: one object per ranked candidat
     temperature ([t1, t2]), normalize ("none" or "candidates")
 (temperature [1.0, 1.0] with normalize "none" is the paper's estimator), and, when they
 apply, certified / lower / upper (topk), caption (caption), bridge (a list of
-{row, text, weight}, plus truncated: true for a bank text cut to the text towers' context) and
-effective_sample_size (--explain).
+{row, text, weight}, plus truncated: true for a bank text cut to the text towers' context),
+effective_sample_size (--explain) and collection (the collection a candidate is a row of; its
+candidate is the path the file had when it was indexed).
 
 The listing commands (`ucl banks`, `ucl cache info`, `ucl models`) take `--format table|jsonl`
 with the same default: a table on a terminal, JSON lines into a pipe or file.
@@ -89,6 +90,8 @@ def hit_records(results: Iterable[QueryResult]) -> Iterator[dict[str, Any]]:
             if hit.bridge:
                 record["bridge"] = [_bridge_record(item) for item in hit.bridge]
                 record["effective_sample_size"] = hit.effective_sample_size
+            if hit.collection is not None:
+                record["collection"] = hit.collection
             yield record
 
 

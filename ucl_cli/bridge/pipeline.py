@@ -77,6 +77,7 @@ class Hit:
     caption: str | None = None  # caption: the bank text the query was mapped to
     bridge: tuple[BridgeWeight, ...] = ()
     effective_sample_size: float | None = None
+    collection: str | None = None  # the collection the candidate is a row of (None: a file)
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,11 @@ def search(
     options: QueryOptions | None = None,
     cache: EmbeddingCache | None = None,
     listener: Listener | None = None,
+    collections: Sequence[Bank] = (),
 ) -> SearchReport:
-    """Rank `candidates` for each of `queries` through `bank` with the given encoders."""
+    """Rank `candidates` (files and folders) and the rows of `collections` (banks of image or
+    audio files, `ucl index --modality audio|image`) for each of `queries` through `bank` with
+    the given encoders. Either may be empty, not both."""
     from ucl_cli.media.collect import collect_query_inputs
 
     options = options or QueryOptions()
@@ -124,10 +128,32 @@ def search(
         strict=options.strict,
         on_query_skip=listener.on_query_skip,
         on_skip=listener.on_skip,
+        collection_modality=collections_modality(collections),
     )
     return search_inputs(
-        inputs, encoders=encoders, bank=bank, options=options, cache=cache, listener=listener
+        inputs,
+        encoders=encoders,
+        bank=bank,
+        options=options,
+        cache=cache,
+        listener=listener,
+        collections=collections,
     )
+
+
+def collections_modality(collections: Sequence[Bank]) -> Modality | None:
+    """The one modality of the collections' files (None for no collections); a UsageError
+    when they mix images and audio, or one holds texts."""
+    if not collections:
+        return None
+    kinds = {collection.modality for collection in collections}
+    if len(kinds) > 1 or "text" in kinds:
+        named = ", ".join(f"{c.name} ({c.modality})" for c in collections)
+        raise UsageError(
+            f"collections must all hold images or all hold audio; got {named} (a bank of "
+            "texts is a bridge bank: pass it as --bank)"
+        )
+    return Modality(kinds.pop())
 
 
 def search_inputs(
@@ -138,6 +164,7 @@ def search_inputs(
     options: QueryOptions | None = None,
     cache: EmbeddingCache | None = None,
     listener: Listener | None = None,
+    collections: Sequence[Bank] = (),
 ) -> SearchReport:
     """`search` on inputs `collect_query_inputs` has already checked (as `ucl query` does, before
     it loads the models). A query that fails to decode is left out like one that failed its
@@ -169,6 +196,7 @@ def search_inputs(
                     cache,
                     listener,
                     report,
+                    collections,
                 )
             )
     finally:
@@ -198,6 +226,7 @@ def _search_one_direction(
     cache: EmbeddingCache,
     listener: Listener,
     report: SearchReport,
+    collections: Sequence[Bank] = (),
 ) -> list[QueryResult]:
     query_modality, candidate_modality = direction.query, direction.candidate
     through = Modality(bank.modality)
@@ -211,6 +240,20 @@ def _search_one_direction(
     )
     if not query_embeddings.paths:
         return []  # every query of this modality failed to decode: each is in failed_queries
+    if collections:
+        return _search_sources(
+            direction,
+            query_embeddings,
+            candidate_paths,
+            candidate_model,
+            query_model,
+            bank,
+            options,
+            cache,
+            listener,
+            report,
+            collections,
+        )
     candidate_embeddings = _embed(
         candidate_model, candidate_modality, candidate_paths, cache, options, listener, report
     )
@@ -251,6 +294,106 @@ def _search_one_direction(
                 query,
                 query_modality,
                 candidate_modality,
+                options.method,
+                bank.name,
+                hits,
+                options.scoring.calibration,
+            )
+        )
+    return results
+
+
+def _search_sources(
+    direction: _Direction,
+    query_embeddings,
+    candidate_paths: list[Path],
+    candidate_model: Encoder,
+    query_model: Encoder,
+    bank: Bank,
+    options: QueryOptions,
+    cache: EmbeddingCache,
+    listener: Listener,
+    report: SearchReport,
+    collections: Sequence[Bank],
+) -> list[QueryResult]:
+    """Rank files and collection rows as one candidate set, streamed a chunk at a time
+    (`candidate_sources`): the collections' files are never opened."""
+    import torch
+
+    from ucl_cli.bridge.candidate_sources import collection_source, file_source, rank_sources
+
+    for collection in collections:
+        if collection.modality != direction.candidate.value:
+            raise UsageError(
+                f"collection {collection.name} holds {collection.modality}; the candidates of "
+                f"{direction.query.value} queries here are {direction.candidate.value}"
+            )
+    sources = []
+    if candidate_paths:
+        embedded = _embed(
+            candidate_model, direction.candidate, candidate_paths, cache, options, listener, report
+        )
+        if embedded.paths:
+            sources.append(file_source(embedded.paths, embedded.vectors))
+    sources += [collection_source(collection, candidate_model) for collection in collections]
+    total = sum(len(source) for source in sources)
+    names = ", ".join(collection.name for collection in collections)
+    listener.stage(f"scoring {total:,} candidates (collections {names})", total)
+    bridge = Bridge.of(bank, query_model, candidate_model)
+    queries = query_embeddings.vectors
+    ranked = rank_sources(
+        direction.method,
+        bridge,
+        queries,
+        sources,
+        options.scoring,
+        options.top,
+        on_advance=listener.on_advance,
+    )
+    report.candidates = ranked.total
+    shown = ranked.values.shape[1]
+    explanations = {}
+    if options.explain > 0 and direction.method.explains and shown:
+        # the shown hits' vectors, gathered into one small candidate matrix for `explain`
+        picks = [
+            (int(ranked.source[n, p]), int(ranked.row[n, p]))
+            for n in range(queries.shape[0])
+            for p in range(shown)
+        ]
+        vectors = np.stack([sources[s].vectors[r] for s, r in picks]).astype(np.float32)
+        order = torch.arange(len(picks)).reshape(queries.shape[0], shown)
+        gathered = Scores(ranked.values, order)
+        by_pick = _explanations(bridge, queries, vectors, gathered, shown, bank, options)
+        explanations = {
+            (n, p): by_pick[(n, n * shown + p)]
+            for n in range(queries.shape[0])
+            for p in range(shown)
+        }
+    results = []
+    for n, query in enumerate(query_embeddings.paths):
+        hits = []
+        for position in range(shown):
+            source = sources[int(ranked.source[n, position])]
+            weights, ess = explanations.get((n, position), ((), None))
+            hits.append(
+                Hit(
+                    rank=position + 1,
+                    candidate=source.locate(int(ranked.row[n, position])),
+                    score=float(ranked.values[n, position]),
+                    certified=_optional_bool(ranked.certified, n, position),
+                    lower=_optional_float(ranked.lower, n, position),
+                    upper=_optional_float(ranked.upper, n, position),
+                    caption=_caption(ranked, bank, n),
+                    bridge=weights,
+                    effective_sample_size=ess,
+                    collection=source.collection,
+                )
+            )
+        results.append(
+            QueryResult(
+                query,
+                direction.query,
+                direction.candidate,
                 options.method,
                 bank.name,
                 hits,
@@ -348,7 +491,7 @@ def encoder_for(encoders: Sequence[Encoder], modality: Modality, bridge: Modalit
     )
 
 
-def _caption(scores: Scores, bank: Bank, n: int) -> str | None:
+def _caption(scores, bank: Bank, n: int) -> str | None:
     if scores.bank_rows is None:
         return None
     return bank.texts([int(scores.bank_rows[n])])[0]

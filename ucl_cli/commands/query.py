@@ -47,6 +47,7 @@ from ucl_cli.commands._shared import (
     scoring_settings,
 )
 from ucl_cli.errors import InputFileError, UsageError
+from ucl_cli.modality import Modality
 
 NEAREST, NEAREST_MAX, OLD_NEAREST, OLD_NEAREST_MAX = nearest_options()
 
@@ -65,6 +66,7 @@ EXAMPLES = examples(
     ("ucl query clip.wav --candidates photos/ --bank captions --top 3", "photos for a sound"),
     ("ucl query a.png b.png --candidates x.wav y.wav z.wav", "two queries, three candidates"),
     ("find photos -name '*.jpg' | ucl query - -c sounds/ -n 1", "query paths from stdin"),
+    ("ucl query photo.jpg --collection sfx", "a library indexed once (ucl index --modality audio)"),
 )
 
 
@@ -141,13 +143,23 @@ def query(
         metavar="QUERY...",
         show_default=False,
     ),
-    candidates: list[str] = typer.Option(
-        ...,
+    candidates: list[str] | None = typer.Option(
+        None,
         "--candidates",
         "-c",
         help="Candidate files or folders (searched recursively): every path up to the next "
         "option; repeatable. Put the queries first, or end the candidates with `--`.",
         metavar="PATH...",
+        show_default=False,
+    ),
+    collections: list[str] | None = typer.Option(
+        None,
+        "--collection",
+        "-C",
+        help="A collection to rank (a bank of audio or image files built by `ucl index "
+        "--modality audio|image`): its stored vectors are scored, its files never opened; "
+        "hits are named by their indexed paths. Repeatable; combines with --candidates.",
+        metavar="NAME",
         show_default=False,
     ),
     bank: str | None = BANK,
@@ -198,10 +210,20 @@ def query(
 ) -> None:
     """Rank candidates (audio for an image, images for audio) through a bank of bridge texts.
 
-    Unreadable queries and candidates are skipped with one line each on stderr; the exit status
-    is 1 when a query could not be read (after the other queries' results).
+    Candidates are files and folders (--candidates), collections indexed beforehand
+    (--collection), or both. Unreadable queries and candidates are skipped with one line each on
+    stderr; the exit status is 1 when a query could not be read (after the other queries'
+    results).
     """
     from ucl_cli.media.collect import collect_query_inputs
+
+    candidates, collections = candidates or [], collections or []
+    if not candidates and not collections:
+        raise UsageError(
+            "no candidates: give files or folders with --candidates, or a collection with "
+            "--collection NAME"
+        )
+    collection_dirs, collection_modality = _collection_dirs(collections)
 
     if method not in METHOD_NAMES:
         raise UsageError(f"unknown --method {method!r}; choose one of: {', '.join(METHOD_NAMES)}")
@@ -231,6 +253,7 @@ def query(
         strict=strict,
         on_query_skip=on_query_skip,
         on_skip=on_skip,
+        collection_modality=collection_modality,
     )
     _same_modality_notice(inputs, console)
 
@@ -279,11 +302,22 @@ def query(
     def on_cache_warning(text: str) -> None:
         console.print(f"[yellow]ucl:[/] {escape(text)}", soft_wrap=True)
 
+    from contextlib import ExitStack
+
+    from ucl_cli.bank import load_bank
+
     with (
         opened,
+        ExitStack() as held,
         open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
         console.status("scoring") as status,
     ):
+        libraries = [
+            held.enter_context(
+                load_bank(path, verify="on_read", check_weights=not allow_other_weights)
+            )
+            for path in collection_dirs
+        ]
         listener = Listener(
             on_skip=on_skip,
             on_query_skip=on_query_skip,
@@ -296,11 +330,14 @@ def query(
             options=options,
             cache=cache,
             listener=listener,
+            collections=libraries,
         )
     write_results(report.results, output_format or default_format())
     summary = (
         f"ranked {plural(report.candidates, 'candidate')} for "
-        f"{plural(len(report.results), 'query', 'queries')} with {method}"
+        f"{plural(len(report.results), 'query', 'queries')}"
+        + (f" (collections {escape(', '.join(collections))})" if collections else "")
+        + f" with {method}"
         + ("" if calibration.is_paper else f" ({calibration.describe()})")
         + " over bank "
         f"{escape(opened.name)} ({bank_rows(len(opened), opened.modality)}); embedded "
@@ -314,6 +351,30 @@ def query(
     console.print(f"[dim]{summary}[/]", soft_wrap=True)
     if report.failed_queries:
         raise typer.Exit(1)
+
+
+def _collection_dirs(names: list[str]) -> tuple[list[Path], Modality | None]:
+    """Each --collection's directory and the collections' one modality, read from their
+    manifests before any model loads: a typo, a bridge bank or a mix fails at once."""
+    from ucl_cli.bank.catalog import resolve_bank
+    from ucl_cli.bank.manifest import read_manifest
+
+    dirs, kinds = [], {}
+    for name in names:
+        path = resolve_bank(name)
+        manifest = read_manifest(path)
+        if manifest.modality == "text":
+            raise UsageError(
+                f"{name} is a bank of texts, not a collection of files; rank it as the bridge "
+                f"with --bank {name}, or build a collection with `ucl index --modality audio "
+                f"FOLDER --bank NAME`"
+            )
+        dirs.append(path)
+        kinds[name] = manifest.modality
+    if len(set(kinds.values())) > 1:
+        listed = ", ".join(f"{name} ({kind})" for name, kind in kinds.items())
+        raise UsageError(f"the collections mix images and audio: {listed}; pass one kind")
+    return dirs, (Modality(next(iter(kinds.values()))) if kinds else None)
 
 
 def _direction(inputs: QueryInputs) -> str | None:

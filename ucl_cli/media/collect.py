@@ -149,10 +149,15 @@ class QueryInputs:
 
     queries: MediaCollection
     candidates: MediaCollection
+    # the modality of the collections ranked beside (or instead of) the candidate files
+    collection_modality: Modality | None = None
 
     @property
     def candidate_modality(self) -> Modality:
-        return next(iter(self.candidates.modalities))
+        if self.candidates.files:
+            return next(iter(self.candidates.modalities))
+        assert self.collection_modality is not None  # collect_query_inputs ensures one
+        return self.collection_modality
 
     def same_modality_queries(self) -> int:
         """Queries of the candidates' own modality: ranked through the bank all the same, but
@@ -167,6 +172,7 @@ def collect_query_inputs(
     strict: bool = False,
     on_query_skip: SkipCallback | None = None,
     on_skip: SkipCallback | None = None,
+    collection_modality: Modality | None = None,
 ) -> QueryInputs:
     """Check every named query and candidate by its header (nothing decoded, no model needed),
     so that a missing or unreadable path is reported at once, before any model is loaded.
@@ -174,7 +180,8 @@ def collect_query_inputs(
     A bad query goes to `on_query_skip`, a bad candidate to `on_skip`, and both are left out
     (`strict`: the first bad file raises). Raises the query's InputFileError when the only query
     is bad, UclError when every query is, UsageError when no candidate is usable or the
-    candidates mix images and audio.
+    candidates mix images and audio. `collection_modality`: collections of that modality are
+    ranked too, so candidate files may be absent (but not of the other modality).
     """
     candidates = list(candidates)
     found_queries = collect_media(queries, strict=strict)
@@ -189,15 +196,23 @@ def collect_query_inputs(
     if not found_queries.files:
         raise UclError(f"none of the {len(failed):,} query files could be read")
     found = collect_media(candidates, strict=strict, on_skip=on_skip)
-    if not found.files:
+    if not found.files and collection_modality is None:
+        if not candidates:
+            raise UsageError("no candidates given: name files or folders, or a collection")
         where = ", ".join(str(c) for c in candidates)
         raise UsageError(f"no usable candidate image or audio files in {where}")
-    if len(found.modalities) > 1:
+    kinds = found.modalities | ({collection_modality} if collection_modality else set())
+    if len(kinds) > 1:
         raise UsageError(
             "the candidates mix images and audio; pass one kind "
             "(e.g. a folder of audio clips for an image query)"
+            + (
+                f"; the collections hold {collection_modality.value}"
+                if collection_modality is not None
+                else ""
+            )
         )
-    return QueryInputs(found_queries, found)
+    return QueryInputs(found_queries, found, collection_modality)
 
 
 def media_extensions(modality: Modality | None = None) -> frozenset[str]:
