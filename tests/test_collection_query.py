@@ -313,3 +313,161 @@ def test_a_near_tie_across_chunks_is_never_certified():
     ids = set(_global_ids(ranked, sources)[0, :2].tolist())
     assert ids == {best, 20}
     assert not bool(ranked.certified[0, 0]) and not bool(ranked.certified[0, 1])
+
+
+# --- certified search through the collection's index ----------------------------------------
+
+
+def _collection_index(vectors: np.ndarray, nlist: int):
+    import faiss
+
+    if nlist == 0:
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    else:
+        factory = f"IVF{nlist},Flat"
+        index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors)
+    index.add(vectors)
+    return index
+
+
+def _searched_source(vectors: np.ndarray, nlist: int, nprobe: int = 2) -> CandidateSource:
+    from ucl_cli.bank.nearest import CertifiedNearest
+    from ucl_cli.bank.norms import largest_row_norm
+
+    nearest = CertifiedNearest(_collection_index(vectors, nlist), vectors, nprobe=nprobe)
+    return CandidateSource(
+        vectors,
+        lambda row: Path(f"c{row}"),
+        "lib",
+        nearest,
+        largest_row_norm(vectors),
+    )
+
+
+def _check_certificates(ranked, exact: torch.Tensor, ids: np.ndarray, label: str) -> int:
+    """Every bound brackets the exact score and every certified position holds a candidate of
+    exactly that rank (float64, up to ties); returns how many positions were certified."""
+    truth = exact.argsort(dim=1, descending=True, stable=True).numpy()
+    proven = 0
+    for n in range(ids.shape[0]):
+        for p in range(ids.shape[1]):
+            k = ids[n, p]
+            value = float(exact[n, k])
+            slack = 1e-5 * (1 + abs(value))
+            assert float(ranked.lower[n, p]) <= value + slack, (label, n, p)
+            assert value <= float(ranked.upper[n, p]) + slack, (label, n, p)
+            if ranked.certified[n, p]:
+                proven += 1
+                assert math.isclose(value, float(exact[n, truth[n, p]]), abs_tol=1e-9), (
+                    label,
+                    n,
+                    p,
+                )
+    return proven
+
+
+@pytest.mark.parametrize(
+    ("case", "spread", "scales", "nlist"),
+    [
+        ("clustered, IVF", 0.3, (100.0, 33.0), 16),
+        ("clustered, Flat", 0.3, (100.0, 33.0), 0),
+        ("tight clusters, IVF", 0.02, (100.0, 33.0), 16),
+        ("huge scales, IVF", 0.2, (3000.0, 2000.0), 16),
+        ("tiny scales, IVF", 0.2, (1e-3, 2e-3), 8),
+    ],
+)
+def test_searching_a_collection_through_its_index_certifies_only_the_truth(
+    case, spread, scales, nlist
+):
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    d = 16
+    centres = _unit(rng.standard_normal((12, d)))
+    bridge = _bridge(rng, 300, d, scales, centres, spread)
+    queries = _clustered(rng, 3, centres, spread)
+    collection = _clustered(rng, 3000, centres, spread)
+    source = _searched_source(collection, nlist)
+    ranked = rank_sources(method_named("topk"), bridge, queries, [source], ScoringSettings(), 10)
+    exact = _exact(bridge, queries, collection)
+    ids = _global_ids(ranked, [source])
+    proven = _check_certificates(ranked, exact, ids, case)
+    if case.startswith("clustered"):
+        assert proven == 30, "the trained-scale clustered case certifies its whole top 10"
+
+
+def test_the_index_search_agrees_with_the_exact_stream():
+    rng = np.random.default_rng(11)
+    d = 16
+    centres = _unit(rng.standard_normal((20, d)))
+    bridge = _bridge(rng, 500, d, (100.0, 33.0), centres, 0.25)
+    queries = _clustered(rng, 4, centres, 0.25)
+    collection = _clustered(rng, 4000, centres, 0.25)
+    searched = rank_sources(
+        method_named("topk"), bridge, queries, [_searched_source(collection, 32)],
+        ScoringSettings(), 10,
+    )
+    streamed = rank_sources(
+        method_named("lse"), bridge, queries, [CandidateSource(collection, Path)],
+        ScoringSettings(), 10,
+    )
+    assert bool(searched.certified.all())
+    np.testing.assert_array_equal(searched.row.numpy(), streamed.row.numpy())
+    np.testing.assert_allclose(
+        searched.values.numpy(), streamed.values.double().numpy(), rtol=1e-5, atol=1e-4
+    )
+
+
+def test_twins_in_a_collection_are_never_ordered_by_the_certificate():
+    rng = np.random.default_rng(3)
+    d = 16
+    centres = _unit(rng.standard_normal((8, d)))
+    bridge = _bridge(rng, 200, d, (100.0, 33.0), centres, 0.2)
+    queries = _clustered(rng, 1, centres, 0.2)
+    collection = _clustered(rng, 1000, centres, 0.2)
+    best = int(_exact(bridge, queries, collection)[0].argmax())
+    collection = np.concatenate([collection, collection[best][None]], axis=0)
+    source = _searched_source(collection, 8)
+    ranked = rank_sources(method_named("topk"), bridge, queries, [source], ScoringSettings(), 3)
+    assert set(ranked.row[0, :2].tolist()) == {best, 1000}
+    assert not bool(ranked.certified[0, 0]) and not bool(ranked.certified[0, 1])
+    assert bool(ranked.certified[0, 2]), "the third is proven below both twins"
+
+
+def test_a_spent_budget_marks_positions_uncertified_but_keeps_valid_bounds():
+    """Flat query weights (tiny scales) leave nothing to prune with: the search stops at its
+    budget, and whatever it returns is bracketed, with nothing falsely certified."""
+    rng = np.random.default_rng(4)
+    d = 16
+    bridge = _bridge(rng, 400, d, (0.5, 0.5))
+    queries = _unit(rng.standard_normal((2, d)))
+    collection = _unit(rng.standard_normal((2000, d)))
+    source = _searched_source(collection, 16, nprobe=1)
+    settings = ScoringSettings(max_nearest_rows=32)
+    ranked = rank_sources(method_named("topk"), bridge, queries, [source], settings, 10)
+    exact = _exact(bridge, queries, collection)
+    _check_certificates(ranked, exact, _global_ids(ranked, [source]), "budget")
+    assert not bool(ranked.certified.all())
+
+
+def test_normalised_topk_over_a_collection_is_streamed_and_still_certified():
+    from ucl_cli.calibration import Calibration
+
+    rng = np.random.default_rng(6)
+    d = 16
+    centres = _unit(rng.standard_normal((8, d)))
+    bridge = _nearest_for(_bridge(rng, 200, d, (100.0, 33.0), centres, 0.2))
+    queries = _clustered(rng, 2, centres, 0.2)
+    collection = _clustered(rng, 500, centres, 0.2)
+    calibration = Calibration.parse("0.5", "candidates")
+    settings = ScoringSettings(calibration=calibration)
+    ranked = rank_sources(
+        method_named("topk"), bridge, queries, [_searched_source(collection, 8)], settings, 5,
+        chunk_rows=128,
+    )
+    streamed = rank_sources(
+        method_named("lse"), bridge, queries, [CandidateSource(collection, Path)], settings, 5
+    )
+    certified = ranked.certified.numpy()
+    np.testing.assert_array_equal(
+        ranked.row.numpy()[certified], streamed.row.numpy()[certified]
+    )

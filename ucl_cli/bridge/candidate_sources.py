@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,9 @@ class CandidateSource:
     vectors: np.ndarray  # [K, d] float32; a memory map for a collection
     locate: Callable[[int], Path]  # row -> the candidate file's path
     collection: str | None = None
+    # a collection's certified nearest-row search and largest row norm, for `topk`
+    nearest: Callable | None = None
+    row_norm: float | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -63,6 +66,8 @@ def collection_source(collection: Bank, candidate_model: Encoder) -> CandidateSo
         collection.vectors(candidate_model),
         lambda row: Path(collection.item(row).item_id),
         collection.name,
+        collection.nearest(candidate_model),
+        collection.row_norm(candidate_model),
     )
 
 
@@ -104,16 +109,27 @@ def rank_sources(
     keep = total if top is None else min(top, total)
     chunk = chunk_rows or default_chunk_rows(len(bridge.candidate_side.bank))
     offsets = np.cumsum([0] + [len(source) for source in sources])
-    kept: _Leaders | None = None
+    kept: Leaders | None = None
     bank_rows = None
     for s, source in enumerate(sources):
+        if _searchable(method, source, settings):
+            from ucl_cli.bridge.collection_search import certified_collection_top
+
+            found = certified_collection_top(
+                bridge, queries, source.vectors, source.nearest, source.row_norm, keep, settings
+            )
+            found = replace(found, ids=found.ids + int(offsets[s]))
+            kept = found if kept is None else kept.merged(found, keep)
+            if on_advance is not None:
+                on_advance(len(source))
+            continue
         for start in range(0, len(source), chunk):
             block = np.ascontiguousarray(source.vectors[start : start + chunk], dtype=np.float32)
             scores = method.score(bridge, queries, block, settings, min(keep, len(block)))
             if scores.bank_rows is not None:
                 bank_rows = scores.bank_rows
             ids = torch.arange(len(block), dtype=torch.int64) + int(offsets[s]) + start
-            fresh = _Leaders.of(scores, ids.to(scores.values.device))
+            fresh = Leaders.of(scores, ids.to(scores.values.device))
             kept = fresh.best(keep) if kept is None else kept.merged(fresh, keep)
             if on_advance is not None:
                 on_advance(len(block))
@@ -134,6 +150,18 @@ def rank_sources(
     )
 
 
+def _searchable(method: Method, source: CandidateSource, settings: ScoringSettings) -> bool:
+    """Whether a source is searched through its index (`collection_search`) rather than
+    streamed: a certifying method, a collection with an index, and no per-candidate normaliser
+    (which a row never retrieved would lack)."""
+    return (
+        method.certifies
+        and source.nearest is not None
+        and source.row_norm is not None
+        and settings.calibration.normalize == "none"
+    )
+
+
 def default_chunk_rows(bank_rows: int) -> int:
     """Candidate rows per chunk: the [bank chunk, candidates] products stay near CHUNK_ELEMENTS
     (the bank side is itself scored BANK_CHUNK rows at a time)."""
@@ -143,7 +171,7 @@ def default_chunk_rows(bank_rows: int) -> int:
 
 
 @dataclass(frozen=True)
-class _Leaders:
+class Leaders:
     """Each query's best candidates so far, in order, with their global ids; for `topk` their
     bounds and `ceiling` [N], the largest upper bound of any candidate dropped so far."""
 
@@ -154,7 +182,7 @@ class _Leaders:
     ceiling: torch.Tensor | None = None
 
     @classmethod
-    def of(cls, scores, ids: torch.Tensor) -> _Leaders:
+    def of(cls, scores, ids: torch.Tensor) -> Leaders:
         n = scores.values.shape[0]
         every = ids.expand(n, -1)
         if scores.lower is None:
@@ -162,15 +190,15 @@ class _Leaders:
         floor = torch.full((n,), -math.inf, dtype=scores.upper.dtype, device=ids.device)
         return cls(scores.values, every, scores.lower, scores.upper, floor)
 
-    def best(self, keep: int) -> _Leaders:
+    def best(self, keep: int) -> Leaders:
         order = self.values.argsort(dim=1, descending=True, stable=True)
         chosen, dropped = order[:, :keep], order[:, keep:]
         if self.lower is None:
-            return _Leaders(self.values.gather(1, chosen), self.ids.gather(1, chosen))
+            return Leaders(self.values.gather(1, chosen), self.ids.gather(1, chosen))
         ceiling = self.ceiling
         if dropped.shape[1]:
             ceiling = torch.maximum(ceiling, self.upper.gather(1, dropped).max(dim=1).values)
-        return _Leaders(
+        return Leaders(
             self.values.gather(1, chosen),
             self.ids.gather(1, chosen),
             self.lower.gather(1, chosen),
@@ -178,15 +206,15 @@ class _Leaders:
             ceiling,
         )
 
-    def merged(self, other: _Leaders, keep: int) -> _Leaders:
+    def merged(self, other: Leaders, keep: int) -> Leaders:
         """These leaders and `other`'s (later ids: ties keep the earlier) cut to `keep`."""
-        both = _Leaders(
+        both = Leaders(
             torch.cat([self.values, other.values.to(self.values.dtype)], dim=1),
             torch.cat([self.ids, other.ids], dim=1),
         )
         if self.lower is None:
             return both.best(keep)
-        both = _Leaders(
+        both = Leaders(
             both.values,
             both.ids,
             torch.cat([self.lower, other.lower.to(self.lower.dtype)], dim=1),
@@ -214,6 +242,7 @@ class _Leaders:
 
 __all__ = [
     "CandidateSource",
+    "Leaders",
     "RankedCandidates",
     "collection_source",
     "default_chunk_rows",

@@ -165,6 +165,9 @@ class Method:
     precondition: Precondition | None = None
     # computes the bridge sum over the bank, so `--temperature` and `--normalize` apply to it
     calibrates: bool = False
+    # its scores carry certified bounds, so a collection may be searched through its index
+    # (`bridge.collection_search`) instead of scored row by row
+    certifies: bool = False
 
     def refusal(
         self, query_model: Encoder, candidate_model: Encoder, settings: ScoringSettings
@@ -306,6 +309,7 @@ METHOD_TABLE: dict[str, Method] = {
             pairwise=False,
             explains=True,
             calibrates=True,
+            certifies=True,
         ),
         Method(
             name="direct",
