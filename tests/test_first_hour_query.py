@@ -501,7 +501,7 @@ def test_same_modality_candidates_are_ranked_with_a_notice(bank, runner, media_d
     ("command", "usage"),
     [
         ("query", "ucl query [OPTIONS] QUERY..."),
-        ("index", "ucl index [OPTIONS] SOURCE..."),
+        ("index", "ucl index [OPTIONS] [SOURCE...]"),
         ("eval", "ucl eval [OPTIONS] MANIFEST"),
     ],
 )

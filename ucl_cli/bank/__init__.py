@@ -1,10 +1,11 @@
-"""The bridge bank: texts (or files) embedded by every model of a query, on disk.
+"""Banks: texts (a bridge) or image/audio files (a collection) embedded by models, on disk.
 
 A bank is a directory:
 
-    manifest.json                  format version, ucl version, modality, models (key, dim,
-                                   logit scale, preprocessing), item count, FAISS index string,
-                                   dates, and the size and SHA-256 of every file below
+    manifest.json                  format version, ucl version, modality, kind (bridge or
+                                   collection), models (key, dim, logit scale, preprocessing),
+                                   item count, FAISS index string, dates, and the size and
+                                   SHA-256 of every file below
     items.<gen>.jsonl              one JSON object a row: {"id", "text", "key"}
     m<i>-<model>.<gen>.npy         model i's float32 [count, dim] unit-norm rows (memory-mapped)
     m<i>-<model>.<gen>.faiss       model i's FAISS inner-product index over the same rows
@@ -23,7 +24,13 @@ from ucl_cli.bank.builtin import audioset_labels, audioset_texts, builtin_bank, 
 from ucl_cli.bank.catalog import DEFAULT_BANK, BankSummary, list_banks, resolve_bank
 from ucl_cli.bank.corpus import CorpusOptions, CorpusRecord, corpus_items, read_corpus
 from ucl_cli.bank.file_items import FileItems, collect_file_items
-from ucl_cli.bank.indexer import IndexListener, IndexOptions, IndexReport, index_items
+from ucl_cli.bank.indexer import (
+    IndexListener,
+    IndexOptions,
+    IndexReport,
+    index_items,
+    prune_collection,
+)
 from ucl_cli.bank.items import BankItem, normalize_text, text_item
 from ucl_cli.bank.manifest import FORMAT_VERSION, Manifest, ModelRecord
 from ucl_cli.bank.store import Bank, load_bank, save_bank
@@ -55,6 +62,7 @@ __all__ = [
     "list_banks",
     "load_bank",
     "normalize_text",
+    "prune_collection",
     "read_corpus",
     "resolve_bank",
     "save_bank",

@@ -95,6 +95,11 @@ class BankSummary:
     staged_rows: int = 0
     problem: str | None = None
 
+    @property
+    def kind(self) -> str | None:
+        """Bridge or collection (the manifest says); None when it cannot be read."""
+        return None if self.manifest is None else self.manifest.kind
+
 
 def list_banks(root: Path | None = None) -> list[BankSummary]:
     """Every bank (or interrupted first run) directly under `root` (the banks directory)."""

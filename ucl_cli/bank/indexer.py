@@ -2,7 +2,9 @@
 
 Each batch is embedded by all the models and committed together, so rows stay aligned; items
 whose key the bank (or this run) already holds are skipped before any model sees them, which
-makes appending a grown corpus, and rerunning an interrupted run, embed only what is new.
+makes appending a grown corpus, and rerunning an interrupted run, embed only what is new. In a
+collection (a bank of files) a file found under a new path keeps its row, and `prune` drops the
+rows of files that are gone (see `ucl_cli.bank.collection`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,13 @@ import contextlib
 import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ucl_cli.bank.collection import GoneFiles
 from ucl_cli.bank.items import BankItem, KeySet
-from ucl_cli.bank.manifest import ModelRecord
+from ucl_cli.bank.manifest import ModelRecord, read_manifest
 from ucl_cli.bank.writer import BankWriter, WriterOptions
 from ucl_cli.errors import InputFileError, UsageError
 
@@ -39,6 +42,7 @@ class IndexOptions:
     strict: bool = False  # an unreadable file stops the run instead of being skipped
     replace: bool = False  # rebuild the bank from these items alone (published atomically)
     commit_seconds: float = 1.0  # sync finished batches at most this often (0: every batch)
+    prune: bool = False  # collections: drop the rows of files that no longer exist
 
 
 @dataclass
@@ -49,6 +53,8 @@ class IndexReport:
     repeated: int = 0  # of those, repeats of an earlier item of this run's input
     skipped: int = 0  # unreadable files (text corpora report their bad lines themselves)
     resumed: int = 0  # rows an interrupted run had embedded, published by this one
+    moved: int = 0  # collections: rows whose file was found under a new path (not re-embedded)
+    pruned: int = 0  # collections: rows dropped because their file is gone
     total: int = 0
     seconds: float = 0.0
 
@@ -90,9 +96,72 @@ def index_items(
     options = options or IndexOptions()
     listener = listener or IndexListener()
     _check_encoders(encoders, options.modality)
+    _check_prune(options)
     started = time.perf_counter()
     report = IndexReport(bank=Path(bank_dir))
-    writer_options = WriterOptions(
+    models = [ModelRecord.from_encoder(encoder) for encoder in encoders]
+    with BankWriter(Path(bank_dir), models, _writer_options(options, listener)) as writer:
+        report.resumed = writer.recovered_rows
+        if report.resumed:
+            listener.resumed(report.resumed)
+        gone = None if options.modality == "text" else GoneFiles(writer)
+        try:
+            _ingest(
+                writer,
+                _in_bank_order(encoders, writer.models),
+                items,
+                options,
+                listener,
+                report,
+                gone,
+            )
+        except BaseException:
+            if writer.staged_rows or writer.changed_rows:
+                with contextlib.suppress(Exception):  # the rows stay staged for the next run
+                    _publish(writer, listener)
+            raise
+        if options.prune and gone is not None:
+            report.pruned = gone.prune()
+        report.total = _publish(writer, listener)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def prune_collection(
+    bank_dir: str | Path,
+    options: IndexOptions | None = None,
+    listener: IndexListener | None = None,
+) -> IndexReport:
+    """Drop the rows of a collection whose files no longer exist, loading no model.
+
+    `options.modality` is ignored (the bank's is used); rows an interrupted run left staged are
+    published too.
+    """
+    started = time.perf_counter()
+    manifest = read_manifest(Path(bank_dir))
+    options = replace(options or IndexOptions(), modality=manifest.modality, prune=True)
+    listener = listener or IndexListener()
+    _check_prune(options)
+    report = IndexReport(bank=Path(bank_dir))
+    with BankWriter(Path(bank_dir), manifest.models, _writer_options(options, listener)) as writer:
+        report.resumed = writer.recovered_rows
+        if report.resumed:
+            listener.resumed(report.resumed)
+        report.pruned = GoneFiles(writer).prune()
+        report.total = _publish(writer, listener)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_prune(options: IndexOptions) -> None:
+    if options.prune and options.modality == "text":
+        raise UsageError(
+            "pruning drops the rows of deleted files; a bank of texts has no files to prune"
+        )
+
+
+def _writer_options(options: IndexOptions, listener: IndexListener) -> WriterOptions:
+    return WriterOptions(
         modality=options.modality,
         faiss_index=options.faiss_index,
         lock_timeout=options.lock_timeout,
@@ -100,27 +169,14 @@ def index_items(
         commit_seconds=options.commit_seconds,
         on_wait=listener.waiting,
     )
-    models = [ModelRecord.from_encoder(encoder) for encoder in encoders]
-    with BankWriter(Path(bank_dir), models, writer_options) as writer:
-        report.resumed = writer.recovered_rows
-        if report.resumed:
-            listener.resumed(report.resumed)
-        try:
-            _ingest(
-                writer, _in_bank_order(encoders, writer.models), items, options, listener, report
-            )
-        except BaseException:
-            if writer.staged_rows:
-                listener.publishing(writer.committed_rows + writer.staged_rows)
-                with contextlib.suppress(Exception):  # the rows stay staged for the next run
-                    writer.publish()
-            raise
-        if writer.staged_rows:
-            listener.publishing(writer.committed_rows + writer.staged_rows)
-        manifest = writer.publish()
-        report.total = 0 if manifest is None else manifest.count
-    report.seconds = time.perf_counter() - started
-    return report
+
+
+def _publish(writer: BankWriter, listener: IndexListener) -> int:
+    """Publish what changed (saying so when it rewrites the bank); the bank's row count."""
+    if writer.staged_rows or writer.changed_rows:
+        listener.publishing(writer.rows - len(writer.changes.dropped))
+    manifest = writer.publish()
+    return 0 if manifest is None else manifest.count
 
 
 def _ingest(
@@ -130,8 +186,9 @@ def _ingest(
     options: IndexOptions,
     listener: IndexListener,
     report: IndexReport,
+    gone: GoneFiles | None = None,
 ) -> None:
-    for batch in _new_batches(items, writer, options.batch_size, report, listener):
+    for batch in _new_batches(items, writer, options.batch_size, report, listener, gone):
         kept, inputs = _load_inputs(batch, encoders, options, listener, report)
         if not kept:
             continue
@@ -143,8 +200,7 @@ def _ingest(
         report.added += len(kept)
         listener.progress(report)
         if writer.staged_rows >= max(options.publish_every, writer.committed_rows):
-            listener.publishing(writer.committed_rows + writer.staged_rows)
-            writer.publish()
+            _publish(writer, listener)
 
 
 def _new_batches(
@@ -153,11 +209,13 @@ def _new_batches(
     size: int,
     report: IndexReport,
     listener: IndexListener,
+    gone: GoneFiles | None = None,
 ) -> Iterator[list[BankItem]]:
     """Batches of items neither the bank nor this run has seen (one batch in memory at a time).
 
     The caller adds each batch to `writer` before asking for the next, so the writer's keys plus
-    those accepted since the current chunk was looked up cover every item seen.
+    those accepted since the current chunk was looked up cover every item seen. A held file
+    whose row's path is `gone` is a moved file: its row takes the new path.
     """
     batch: list[BankItem] = []
     this_run = KeySet()  # keys of the batches handed out, to tell repeats from old rows
@@ -167,8 +225,11 @@ def _new_batches(
         known = writer.contains_many(keys)
         again = this_run.contains_many(keys)
         accepted = {item.key for item in batch}  # the partial batch is not in the writer yet
-        before = report.duplicates
+        before = report.duplicates + report.moved
         for item, seen, repeat in zip(chunk, known, again, strict=True):
+            if seen and gone is not None and gone.relocate(item):
+                report.moved += 1
+                continue
             if seen or item.key in accepted:
                 report.duplicates += 1
                 report.repeated += bool(repeat or item.key in accepted)
@@ -180,7 +241,7 @@ def _new_batches(
                 for handed in batch:
                     this_run.add(handed.key)
                 batch = []
-        if report.duplicates != before:
+        if report.duplicates + report.moved != before:
             listener.progress(report)
     if batch:
         yield batch

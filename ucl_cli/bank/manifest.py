@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 FORMAT_NAME = "ucl-bank"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# What a bank is for: a bridge (texts every model embeds, the route between modalities) or a
+# collection (image or audio files embedded by the models of their modality: candidates).
+BRIDGE, COLLECTION = "bridge", "collection"
+KINDS = (BRIDGE, COLLECTION)
+
+
+def kind_for(modality: str) -> str:
+    """The kind a bank of `modality` rows is: texts bridge, files are collections."""
+    return BRIDGE if modality == "text" else COLLECTION
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,15 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     # Per model: the largest norm of its rows, rounded up (None: not recorded, older banks).
     max_norms: tuple[float | None, ...] = ()
+    kind: str = ""  # "bridge" or "collection"; "" reads as the kind of its modality
 
     def __post_init__(self) -> None:
         if not self.max_norms:
             object.__setattr__(self, "max_norms", (None,) * len(self.models))
+        if not self.kind:
+            object.__setattr__(self, "kind", kind_for(self.modality))
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} (expected {' or '.join(KINDS)})")
         for name in (self.items_file, *self.vector_files, *self.index_files, *self.files):
             _check_file_name(name)
 
@@ -118,6 +132,7 @@ class Manifest:
             "format_version": self.format_version,
             "ucl_version": self.ucl_version,
             "modality": self.modality,
+            "kind": self.kind,
             "count": self.count,
             "generation": self.generation,
             "created": self.created,
@@ -149,6 +164,7 @@ class Manifest:
             format_version=int(value["format_version"]),
             ucl_version=str(value.get("ucl_version", "unknown")),
             modality=str(value["modality"]),
+            kind=str(value.get("kind") or ""),
             count=int(value["count"]),
             generation=int(value["generation"]),
             created=str(value["created"]),

@@ -87,6 +87,11 @@ class Bank:
     def modality(self) -> str:
         return self.manifest.modality
 
+    @property
+    def kind(self) -> str:
+        """Bridge (texts, the route between modalities) or collection (candidate files)."""
+        return self.manifest.kind
+
     def __len__(self) -> int:
         return self.manifest.count
 

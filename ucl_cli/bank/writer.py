@@ -1,7 +1,9 @@
 """The one way a bank changes: stage batches of rows, then publish a new generation.
 
 `BankWriter` holds the bank's lock for its lifetime. `add` commits a batch to the staging area
-(durable at once); `publish` streams the published rows and the staged ones into new,
+(durable at once); `move_row` and `drop_rows` note changes to rows already held (a collection's
+moved or deleted files), kept in memory until the next publish; `publish` streams the published
+rows and the staged ones, less the dropped rows and with the moved items, into new,
 generation-numbered files, builds each model's FAISS index, and atomically replaces the
 manifest. Memory stays a few MiB per step whatever the bank size, except for the FAISS index
 itself while it is built.
@@ -13,7 +15,7 @@ import itertools
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,11 +35,13 @@ from ucl_cli.bank.manifest import (
     FileRecord,
     Manifest,
     ModelRecord,
+    kind_for,
     model_mismatch,
     now_iso,
     read_manifest,
 )
 from ucl_cli.bank.norms import largest_row_norm
+from ucl_cli.bank.row_changes import RowChanges
 from ucl_cli.bank.search_index import build_index, check_factory, choose_factory, write_index
 from ucl_cli.bank.staging import Staging, discard_staging
 from ucl_cli.digests import remember
@@ -86,6 +90,9 @@ class BankWriter:
         self.recovered_rows = 0
         self.keys = KeySet()
         self._last_commit = time.monotonic()
+        # Drops and moves of rows already held, applied by the next publish. Rows are numbered
+        # as `iter_rows` yields them; only a publish renumbers them, and it clears the changes.
+        self.changes = RowChanges()
 
     def __enter__(self) -> BankWriter:
         self._lock.acquire()
@@ -111,6 +118,44 @@ class BankWriter:
     @property
     def staged_rows(self) -> int:
         return 0 if self.staging is None else self.staging.rows
+
+    @property
+    def rows(self) -> int:
+        """Rows held now, published and staged (dropped ones included until the publish)."""
+        return self.committed_rows + self.staged_rows
+
+    @property
+    def changed_rows(self) -> int:
+        """Rows dropped or moved since the last publish (the next publish applies them)."""
+        return len(self.changes)
+
+    def iter_rows(self) -> Iterator[tuple[int, BankItem]]:
+        """(row, item) for every row held, published first, then staged; moves applied."""
+        sources = []
+        if self.published is not None and not self.options.replace:
+            sources.append(iter_items(self.dir / self.published.items_file))
+        if self.staging is not None:
+            sources.append(self.staging.iter_items())
+        for row, item in enumerate(itertools.chain.from_iterable(sources)):
+            yield row, self.changes.moved.get(row, item)
+
+    def move_row(self, row: int, item: BankItem) -> None:
+        """Give row `row` a new item of the same key (a moved file's new path): its vectors
+        stay, nothing is embedded again."""
+        self._check_row(row)
+        self.changes.moved[row] = item
+
+    def drop_rows(self, rows: Iterable[int]) -> None:
+        """Leave these rows out of the next publish (vectors, FAISS indexes and items alike)."""
+        rows = set(rows)
+        for row in rows:
+            self._check_row(row)
+        if rows <= self.changes.dropped:
+            return
+        self.changes.dropped |= rows
+        # A dropped item is no longer held: indexing it again must embed it again.
+        kept = (item.key for row, item in self.iter_rows() if row not in self.changes.dropped)
+        self.keys = KeySet(kept)
 
     def contains(self, key: str) -> bool:
         return key in self.keys
@@ -143,15 +188,16 @@ class BankWriter:
             self.commit()
 
     def publish(self) -> Manifest | None:
-        """Make every staged row part of the bank in one atomic step; None if nothing changed."""
-        if self.staged_rows == 0 and not self.options.replace:
+        """Make every staged row, drop and move part of the bank in one atomic step; None if
+        nothing changed."""
+        if self.staged_rows == 0 and not self.options.replace and not self.changed_rows:
             return self.published
         if self.staging is not None:
             self.staging.flush()  # publishing reads the staging files back
         previous = self.published
         base = None if self.options.replace else previous
         generation = (0 if previous is None else previous.generation) + 1
-        count = (0 if base is None else base.count) + self.staged_rows
+        count = (0 if base is None else base.count) + self.staged_rows - len(self.changes.dropped)
         request = self.options.faiss_index or (base.faiss_request if base else "auto")
         factory = choose_factory(request, count)
         files: FileTable = {}
@@ -167,6 +213,7 @@ class BankWriter:
             del index
         manifest = Manifest(
             modality=self.options.modality,
+            kind=kind_for(self.options.modality),
             count=count,
             generation=generation,
             models=self.models,
@@ -184,6 +231,7 @@ class BankWriter:
         atomic_write_json(self.dir / MANIFEST_NAME, manifest.to_json())
         self.published = manifest
         self.options = _replace_done(self.options)
+        self.changes = RowChanges()
         if self.staging is not None:
             self.staging.discard()
             self.staging = None
@@ -209,13 +257,14 @@ class BankWriter:
     def _adopt_models(self, held: Sequence[ModelRecord], modality: str, what: str) -> None:
         """Use the bank's model order; refuse a run whose models or modality differ from it."""
         subject = f"{what} {self.dir}" if what == "bank" else f"the interrupted run in {self.dir}"
+        if modality != self.options.modality:  # first: a collection's models differ with it
+            raise BankError(
+                f"{subject} holds {modality} rows ({kind_for(modality)}); this run indexes "
+                f"{self.options.modality}"
+            )
         problem = model_mismatch(held, self.requested, bank=subject, user="this run", exact=True)
         if problem is not None:
             raise BankError(problem)
-        if modality != self.options.modality:
-            raise BankError(
-                f"{subject} bridges through {modality}; this run indexes {self.options.modality}"
-            )
         self.models = tuple(held)
 
     def _recover_staging(self) -> None:
@@ -235,18 +284,33 @@ class BankWriter:
 
     # -- publishing ------------------------------------------------------------------------
 
+    def _check_row(self, row: int) -> None:
+        if not 0 <= row < self.rows:
+            raise IndexError(f"row {row} is outside bank {self.dir} of {self.rows} rows")
+
     def _write_items(self, base: Manifest | None, generation: int, files: FileTable) -> str:
         name = f"items.{generation:06d}.jsonl"
         tmp = temporary_path(self.dir / name)
         with HashingWriter(tmp) as out:
-            if base is not None:
-                with open(self.dir / base.items_file, "rb") as source:
-                    shutil.copyfileobj(source, out)
-            if self.staging is not None:
-                out.writelines(
-                    iter_item_lines(self.staging.items_path, self.staging.state.items_bytes)
-                )
+            if self.changed_rows:
+                out.writelines(self._changed_item_lines(base))
+            else:  # the common case: copy the files as they are
+                if base is not None:
+                    with open(self.dir / base.items_file, "rb") as source:
+                        shutil.copyfileobj(source, out)
+                if self.staging is not None:
+                    out.writelines(
+                        iter_item_lines(self.staging.items_path, self.staging.state.items_bytes)
+                    )
         return self._publish(tmp, name, files, FileRecord(out.sha256, out.size))
+
+    def _changed_item_lines(self, base: Manifest | None) -> Iterator[bytes]:
+        lines = []
+        if base is not None:
+            lines.append(iter_item_lines(self.dir / base.items_file))
+        if self.staging is not None:
+            lines.append(iter_item_lines(self.staging.items_path, self.staging.state.items_bytes))
+        return self.changes.item_lines(itertools.chain.from_iterable(lines))
 
     def _write_vectors(
         self, base: Manifest | None, position: int, name: str, count: int, files: FileTable
@@ -262,7 +326,7 @@ class BankWriter:
         largest = 0.0
         with HashingWriter(tmp) as out:
             write_npy_header(out, count, dim)
-            for chunk in itertools.chain.from_iterable(chunks):
+            for chunk in self.changes.kept_rows(itertools.chain.from_iterable(chunks)):
                 largest = max(largest, largest_row_norm(chunk))
                 out.write(chunk.tobytes())
         return self._publish(tmp, name, files, FileRecord(out.sha256, out.size)), largest

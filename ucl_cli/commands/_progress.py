@@ -252,7 +252,8 @@ class IndexProgress(IndexListener):
         self.view.say(f"resuming: {rows:,} rows embedded by an interrupted run are kept")
 
     def progress(self, report: IndexReport) -> None:
-        self.view.update(report.added + report.duplicates + report.skipped + self.line_skips)
+        done = report.added + report.duplicates + report.moved + report.skipped
+        self.view.update(done + self.line_skips)
 
     def skipped(self, name: str, reason: str) -> None:
         self._skip(name, reason)

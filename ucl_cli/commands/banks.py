@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 PIPE_WIDTH = 200
 EXAMPLES = examples(
-    ("ucl banks", "items, models, index, size, last update"),
+    ("ucl banks", "items, kind, models, index, size, last update"),
     ("ucl banks --verify", "also re-read every file against its SHA-256"),
     ("ucl banks --format jsonl | jq -r .name", "bank names, for scripts"),
 )
@@ -40,8 +40,9 @@ def banks(
 ) -> None:
     """List the banks under the banks directory (UCL_HOME/banks).
 
-    JSON lines: one object per bank with name, path, items, modality, models (key, dim), index,
-    size_bytes, updated, staged_rows, problem, and verified with --verify."""
+    JSON lines: one object per bank with name, path, items, modality, kind (bridge: texts;
+    collection: image or audio files), models (key, dim), index, size_bytes, updated,
+    staged_rows, problem, and verified with --verify."""
     from ucl_cli.bank import list_banks
     from ucl_cli.config import banks_dir
     from ucl_cli.output import list_format, write_jsonl
@@ -61,6 +62,7 @@ def banks(
     table.add_column("name", no_wrap=True)
     table.add_column("items", justify="right")
     table.add_column("of")
+    table.add_column("kind")
     table.add_column("models (dim)", no_wrap=True)
     table.add_column("index")
     table.add_column("size", justify="right")
@@ -83,6 +85,7 @@ def _record(summary: BankSummary, verify: bool) -> dict[str, Any]:
         "path": str(summary.path),
         "items": None if manifest is None else manifest.count,
         "modality": None if manifest is None else manifest.modality,
+        "kind": summary.kind,
         "models": [{"key": model.key, "dim": model.dim} for model in models],
         "index": None if manifest is None else manifest.faiss_index,
         "size_bytes": summary.size_bytes,
@@ -109,6 +112,7 @@ def _row(summary: BankSummary, verify: bool) -> list[str]:
             "-",
             "-",
             "-",
+            "-",
             _size(summary.size_bytes),
             "-",
             "; ".join(notes),
@@ -121,6 +125,7 @@ def _row(summary: BankSummary, verify: bool) -> list[str]:
         escape(summary.name),
         f"{manifest.count:,}",
         manifest.modality,
+        manifest.kind,
         models,
         escape(manifest.faiss_index),
         _size(summary.size_bytes),

@@ -1,4 +1,7 @@
-"""`ucl index`: embed a bridge corpus (or a folder of images or audio) into a bank.
+"""`ucl index`: embed a bridge corpus (texts) or a collection (image or audio files) into a bank.
+
+A collection is embedded only by the models that embed its files; rerunning it on a library
+finds moved files (their rows take the new path) and `--prune` drops the rows of deleted ones.
 
 Progress, warnings and the closing summary go to stderr; stdout stays empty. Everything heavy
 (torch, FAISS, the models) is imported inside the command so that `ucl --help` stays fast.
@@ -34,6 +37,8 @@ EXAMPLES = examples(
     ("ucl index captions.txt", "one text a line, into the bank named default"),
     ("ucl index --bank audiocaps captions.csv --column caption", "a CSV column, into audiocaps"),
     ("ucl index --modality image photos/ --bank photos", "a folder of images as the rows"),
+    ("ucl index --modality audio sounds/ --bank sfx", "a collection of sounds"),
+    ("ucl index --prune --bank sfx", "drop rows of deleted files"),
 )
 
 
@@ -42,17 +47,19 @@ def register(app: typer.Typer) -> None:
 
 
 def index(
-    sources: list[str] = typer.Argument(
-        ...,
+    sources: list[str] | None = typer.Argument(
+        None,
         help="Corpus files (text; '-' reads standard input), or image/audio files and folders.",
         metavar="SOURCE...",
         show_default=False,
     ),
-    modality: Modality = typer.Option(
-        Modality.TEXT,
+    modality: Modality | None = typer.Option(
+        None,
         "--modality",
         metavar="text|image|audio",
-        help="What the bank's rows are: texts, images or audio.",
+        help="What the bank's rows are: texts (a bridge bank), or image or audio files (a "
+        "collection). Default: text; with --prune, the bank's.",
+        show_default=False,
     ),
     bank: str | None = typer.Option(
         None,
@@ -97,34 +104,63 @@ def index(
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Wait for another run writing the same bank, or fail."
     ),
+    prune: bool = typer.Option(
+        False,
+        "--prune",
+        help="Collections: also drop the rows of files that no longer exist; without SOURCE, "
+        "only that.",
+    ),
 ) -> None:
-    """Embed texts (or files) with both models into a bank; only new items are embedded."""
-    from ucl_cli.bank import CorpusOptions, IndexOptions, index_items
+    """Embed texts with both models, or image or audio files with the models that embed them,
+    into a bank; only new items are embedded, and moved files keep their rows."""
+    from ucl_cli.bank import CorpusOptions, IndexOptions, index_items, prune_collection
     from ucl_cli.bank.catalog import choose_bank
     from ucl_cli.bank.corpus import ContextFit
+    from ucl_cli.commands._collection import collection_encoders, collection_weights
     from ucl_cli.commands._progress import IndexProgress, ProgressView
     from ucl_cli.commands._shared import load_encoders, model_keys
     from ucl_cli.config import resolve_device
 
     choice = choose_bank(bank, writing=True)  # --bank, else UCL_BANK, else default
     bank_dir, bank = choice.path, bank or choice.name
+    modality = _modality(modality, prune, bank_dir)
+    if not sources and not prune:
+        raise UsageError(
+            "nothing to index: give corpus files, or image or audio files and folders "
+            "(SOURCE...), or --prune alone to drop the rows of deleted files"
+        )
     console = Console(stderr=True, highlight=False)
     view = IndexProgress(ProgressView(console), modality.value)
-    corpus = CorpusOptions(format=corpus_format, column=column, field=field, strict=strict)
-    items, total = _items(sources, modality, corpus, view)
-    keys = model_keys(bank_dir, image_text_model, text_audio_model)
-    weights = [image_text_weights, text_audio_weights]
-    encoders = load_encoders(keys, resolve_device(device), console, weights)
-    fit = ContextFit(encoders)  # texts past a text tower's context: cut to whole words, marked
-    if modality is Modality.TEXT:
-        items = fit.apply(items)
     options = IndexOptions(
         modality=modality.value,
         batch_size=batch_size,
         faiss_index=faiss_index,
         lock_timeout=None if wait else 0,
         strict=strict,
+        prune=prune,
     )
+    if not sources:  # --prune alone: no model is loaded
+        with view.view:
+            report = prune_collection(bank_dir, options, view)
+        console.print(_summary(bank, modality, report, view, indexed=False), soft_wrap=True)
+        _save_index_scans(bank_dir)
+        return
+    corpus = CorpusOptions(format=corpus_format, column=column, field=field, strict=strict)
+    items, total = _items(sources, modality, corpus, view)
+    keys = model_keys(bank_dir, image_text_model, text_audio_model)
+    if modality is Modality.TEXT:
+        weights = [image_text_weights, text_audio_weights]
+        encoders = load_encoders(keys, resolve_device(device), console, weights)
+    else:  # a collection: only the models that embed its files
+        weights = collection_weights(
+            len(keys), modality.value, image_text_weights, text_audio_weights
+        )
+        encoders = collection_encoders(
+            keys, weights, modality.value, resolve_device(device), console
+        )
+    fit = ContextFit(encoders)  # texts past a text tower's context: cut to whole words, marked
+    if modality is Modality.TEXT:
+        items = fit.apply(items)
     try:
         with view.view:
             view.start(total)
@@ -140,8 +176,23 @@ def index(
     if (cut := fit.message()) is not None:
         console.print(f"[yellow]ucl:[/] {escape(cut)}", soft_wrap=True)
     console.print(_summary(bank, modality, report, view), soft_wrap=True)
-    if report.added or report.resumed:
+    if report.added or report.resumed or report.moved or report.pruned:
         _save_index_scans(bank_dir)
+
+
+def _modality(given: Modality | None, prune: bool, bank_dir: Path) -> Modality:
+    """--modality; without it, text, or with --prune the bank's (which must exist then)."""
+    from ucl_cli.bank.manifest import read_manifest
+
+    if given is None and prune:
+        given = Modality(read_manifest(bank_dir).modality)  # no bank: says how to build one
+    modality = given or Modality.TEXT
+    if prune and modality is Modality.TEXT:
+        raise UsageError(
+            f"--prune drops the rows of deleted files from a collection (a bank of image or "
+            f"audio files); bank {bank_dir.name} holds texts, which have no files to prune"
+        )
+    return modality
 
 
 def _save_index_scans(bank_dir: Path) -> None:
@@ -189,9 +240,17 @@ def _count(source: str) -> int | None:
         raise InputFileError(source, "no such file") from None
 
 
-def _summary(bank: str, modality: Modality, report: IndexReport, view: IndexProgress) -> str:
+def _summary(
+    bank: str,
+    modality: Modality,
+    report: IndexReport,
+    view: IndexProgress,
+    *,
+    indexed: bool = True,
+) -> str:
     """"bank captions: added 2 items, skipped 3 already in the bank and 1 repeated line; 5 items
-    in total (0.4 s)": what happened to every input, in words."""
+    in total (0.4 s)": what happened to every input (and, in a collection, to moved and deleted
+    files), in words. `indexed`: False for --prune alone, which adds nothing."""
     from ucl_cli.commands._shared import plural
 
     unit = "line" if modality is Modality.TEXT else "file"
@@ -206,8 +265,15 @@ def _summary(bank: str, modality: Modality, report: IndexReport, view: IndexProg
     if skipped:
         listed = " and ".join([", ".join(skipped[:-1]), skipped[-1]] if skipped[:-1] else skipped)
         said = f", skipped {listed}"
-    resumed = f", kept {report.resumed:,} rows from an interrupted run" if report.resumed else ""
+    done = [f"added {plural(report.added, 'item')}"] if indexed else []
+    if report.resumed:
+        done.append(f"kept {report.resumed:,} rows from an interrupted run")
+    if report.moved:
+        done.append("updated " + plural(report.moved, "moved file's path", "moved files' paths"))
+    if not indexed or report.pruned:
+        gone = "row whose file is gone" if report.pruned == 1 else "rows whose files are gone"
+        done.append(f"removed {report.pruned:,} {gone}")
     return (
-        f"bank {escape(bank)}: added {plural(report.added, 'item')}{resumed}{said}; "
+        f"bank {escape(bank)}: {', '.join(done)}{said}; "
         f"{plural(report.total, 'item')} in total ({report.seconds:.1f} s)"
     )
