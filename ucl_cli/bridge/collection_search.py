@@ -19,10 +19,12 @@ others, so
                        logsumexp_{m not in H} L_m + s2 R ) - log M
 
 one ceiling for all of them (R: the largest bank-row norm times the largest collection-row norm).
-The exact scores and that ceiling, each widened by the float32 products' rounding, are certified
-together (`certify_ranking`, through `candidate_sources.Leaders`). Until the first N positions are
-proven, T and k grow 4x, up to `max_nearest_rows` heavy rows and MAX_RETRIEVED_PER_ROW rows per
-search; a position still unproven then is returned uncertified, never guessed.
+The exact scores (float64) and that ceiling (widened by the float32 products' rounding) are
+certified together (`certify_ranking`, through `candidate_sources.Leaders`). Until the first N
+positions are proven, the part of the ceiling that binds grows 4x: k and the IVF lists visited
+where the heavy rows' ceilings bind, T where the other rows do, up to `max_nearest_rows` heavy
+rows, MAX_RETRIEVED_PER_ROW rows per search and every list; a position still unproven then is
+returned uncertified, never guessed. Each query is searched on its own (its heavy rows are its own).
 
 Normalised scores (`--normalize candidates`) subtract a per-candidate normaliser that a row not
 retrieved has not been given; `rank_sources` streams those over the collection instead.
@@ -31,6 +33,7 @@ retrieved has not been given; `rank_sources` streams those over the collection i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -41,8 +44,11 @@ from ucl_cli.estimators.topk import FLOAT32_UNIT_ROUNDOFF, dot_rounding_bound
 # The most collection rows one heavy row's search returns (the budget's other half).
 MAX_RETRIEVED_PER_ROW = 4096
 # Where the search starts: heavy rows per query, and rows retrieved per heavy row (at least N).
-FIRST_HEAVY_ROWS = 32
+FIRST_HEAVY_ROWS = 4
 FIRST_RETRIEVED = 16
+# A part of the unseen rows' ceiling within this many nats of the weakest leader's lower bound
+# is what keeps the leaders unproven: the search grows that part.
+BINDING_NATS = 1.0
 # float64 elements of one [bank chunk, retrieved] product in the exact scoring (64 MiB)
 EXACT_CHUNK_ELEMENTS = 1 << 23
 
@@ -65,44 +71,93 @@ def certified_collection_top(
 
     device = settings.device
     tempered = bridge.tempered(settings.calibration)
-    query_side, candidate_side = tempered.query_side, tempered.candidate_side
-    s2 = candidate_side.scale
-    bank_size = len(query_side.bank)
-    total = len(vectors)
-    keep = min(keep, total)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
-    left = _left(q, query_side, device)  # [N, M] float32
-    left64 = left.double()
-    error = _value_error(tempered, queries, row_norm)
-    peak = _largest_path(tempered, queries, row_norm)
-    # no product <b2_m, c> exceeds this: what a row outside the heavy set may contribute
-    reach = s2 * candidate_side.row_norm * row_norm * (1 + 2 * FLOAT32_UNIT_ROUNDOFF)
-    t = min(FIRST_HEAVY_ROWS, bank_size)
-    k = min(max(FIRST_RETRIEVED, keep), total)
-    max_t = min(settings.max_nearest_rows, bank_size)
-    max_k = min(max(MAX_RETRIEVED_PER_ROW, keep), total)
-    while True:
-        heavy = left.topk(t, dim=1).indices  # [N, t]
-        rows = torch.unique(heavy)  # sorted: heavy rows of any query
-        found = nearest(np.ascontiguousarray(candidate_side.bank[rows.cpu().numpy()]), k)
-        retrieved = np.unique(found.rows[found.rows >= 0])
-        scored = _exact_scores(tempered, q, vectors[retrieved], device)  # [N, |C|] float64
-        slack = _float64_slack(scored, peak, bank_size)
-        ceilings = s2 * torch.from_numpy(found.ceiling.astype(np.float64)).to(device)
-        position = torch.searchsorted(rows, heavy)  # each query's heavy rows in `rows`
-        unseen = _unseen_ceiling(left64, heavy, ceilings[position], reach) + error
-        ids = torch.from_numpy(retrieved.astype(np.int64)).to(device)
-        leaders = Leaders(
-            scored,
-            ids.expand(len(queries), -1),
-            scored - slack,
-            scored + slack,
-            unseen,
-        ).best(keep)
-        proven = leaders.certify()[:, :keep].all()
-        if bool(proven) or (t >= max_t and k >= max_k):
-            return leaders
-        t, k = min(4 * t, max_t), min(4 * k, max_k)
+    search = _Search(
+        tempered,
+        vectors,
+        nearest,
+        keep=min(keep, len(vectors)),
+        max_heavy=min(settings.max_nearest_rows, len(tempered.query_side.bank)),
+        error=_value_error(tempered, queries, row_norm),
+        peak=_largest_path(tempered, queries, row_norm),
+        # no product <b2_m, c> exceeds this: what a row outside the heavy set may contribute
+        reach=tempered.candidate_side.scale
+        * tempered.candidate_side.row_norm
+        * row_norm
+        * (1 + 2 * FLOAT32_UNIT_ROUNDOFF),
+        device=device,
+    )
+    left = _left(q, tempered.query_side, device)  # [N, M] float32
+    # One query at a time: each has its own heavy rows, and scoring the union of every query's
+    # retrieved rows for every query would cost N times more.
+    found = [search.one(q[n : n + 1], left[n : n + 1]) for n in range(q.shape[0])]
+    return Leaders(
+        torch.cat([f.values for f in found]),
+        torch.cat([f.ids for f in found]),
+        torch.cat([f.lower for f in found]),
+        torch.cat([f.upper for f in found]),
+        torch.cat([f.ceiling for f in found]),
+    )
+
+
+@dataclass(frozen=True)
+class _Search:
+    """One collection searched for one query after another (the module doc's loop)."""
+
+    bridge: Bridge
+    vectors: np.ndarray
+    nearest: object
+    keep: int
+    max_heavy: int
+    error: float  # float32 products' rounding, both sides
+    peak: float  # the largest |path value|
+    reach: float  # the largest s2 <b2_m, c>
+    device: str
+
+    def one(self, q: torch.Tensor, left: torch.Tensor):
+        """The leaders of one query [1, d] with its exact left row [1, M]."""
+        from ucl_cli.bridge.candidate_sources import Leaders
+
+        bank = self.bridge.candidate_side.bank
+        s2 = self.bridge.candidate_side.scale
+        log_m = math.log(left.shape[1])
+        left64 = left.double()
+        t = min(FIRST_HEAVY_ROWS, self.max_heavy)
+        k = min(max(FIRST_RETRIEVED, self.keep), len(self.vectors))
+        max_k = min(max(MAX_RETRIEVED_PER_ROW, self.keep), len(self.vectors))
+        # IVF lists visited per search: an unvisited list is bounded by Cauchy-Schwarz from its
+        # centroid and radius, loose in high dimension, so going deeper visits more lists too
+        nprobe, lists = self.nearest.default_nprobe(), self.nearest.lists()
+        while True:
+            heavy = left.topk(t, dim=1).indices  # [1, t]
+            rows = heavy[0].cpu().numpy()
+            found = self.nearest(np.ascontiguousarray(bank[rows]), k, nprobe)
+            retrieved = np.unique(found.rows[found.rows >= 0])
+            scored = _exact_scores(self.bridge, q, self.vectors[retrieved], self.device)
+            slack = _float64_slack(scored, self.peak, left.shape[1])
+            ceilings = s2 * torch.from_numpy(found.ceiling.astype(np.float64)).to(self.device)
+            through_heavy, through_others = _unseen_terms(left64, heavy, ceilings[None], self.reach)
+            unseen = torch.logaddexp(through_heavy, through_others) - log_m + self.error
+            ids = torch.from_numpy(retrieved.astype(np.int64)).to(self.device)
+            leaders = Leaders(scored, ids[None], scored - slack, scored + slack, unseen).best(
+                self.keep
+            )
+            if bool(leaders.certify()[:, : self.keep].all()):
+                return leaders
+            # Grow what binds: the unseen rows' ceiling through the heavy rows (search deeper,
+            # k) or through the rest of the bank (more heavy rows, t). Neither: the leaders
+            # themselves are too close to order (a near tie), which no search can change.
+            weakest = float(leaders.lower[0, -1])
+            deeper = float(through_heavy[0]) - log_m + self.error > weakest - BINDING_NATS
+            wider = float(through_others[0]) - log_m + self.error > weakest - BINDING_NATS
+            grown = (
+                min(4 * t, self.max_heavy) if wider else t,
+                min(4 * k, max_k) if deeper else k,
+                min(4 * nprobe, lists) if deeper else nprobe,
+            )
+            if grown == (t, k, nprobe):
+                return leaders
+            t, k, nprobe = grown
 
 
 def _exact_scores(
@@ -155,15 +210,15 @@ def _left(q: torch.Tensor, side, device: str) -> torch.Tensor:
     return _full_left(q, side, device)
 
 
-def _unseen_ceiling(
+def _unseen_terms(
     left: torch.Tensor, heavy: torch.Tensor, heavy_ceilings: torch.Tensor, reach: float
-) -> torch.Tensor:
-    """[N]: the bound on S(c) for every row retrieved by none of a query's heavy rows."""
-    bank_size = left.shape[1]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N] each: the two parts of the bound on the bridge sum of every row retrieved by none of
+    a query's heavy rows, through the heavy rows and through all the others."""
     through_heavy = torch.logsumexp(left.gather(1, heavy) + heavy_ceilings, dim=1)
     others = left.scatter(1, heavy, -math.inf)
     through_others = torch.logsumexp(others, dim=1) + reach
-    return torch.logaddexp(through_heavy, through_others) - math.log(bank_size)
+    return through_heavy, through_others
 
 
 def _value_error(bridge: Bridge, queries: np.ndarray, row_norm: float) -> float:
