@@ -24,7 +24,11 @@ certified together (`certify_ranking`, through `candidate_sources.Leaders`). Unt
 positions are proven, the part of the ceiling that binds grows 4x: k and the IVF lists visited
 where the heavy rows' ceilings bind, T where the other rows do, up to `max_nearest_rows` heavy
 rows, MAX_RETRIEVED_PER_ROW rows per search and every list; a position still unproven then is
-returned uncertified, never guessed. Each query is searched on its own (its heavy rows are its own).
+returned uncertified, never guessed. A search about to retrieve a quarter of the collection or
+more scores every row exactly instead (certified outright, at about lse's cost in float64).
+A batch of queries is searched in rounds together: each query has its own heavy rows and its own
+exactly scored rows, and each round's index searches are shared (a bank row heavy for several
+queries is searched once, as deep as the most demanding of them asks).
 
 Normalised scores (`--normalize candidates`) subtract a per-candidate normaliser that a row not
 retrieved has not been given; `rank_sources` streams those over the collection instead.
@@ -49,8 +53,13 @@ FIRST_RETRIEVED = 16
 # A part of the unseen rows' ceiling within this many nats of the weakest leader's lower bound
 # is what keeps the leaders unproven: the search grows that part.
 BINDING_NATS = 1.0
+# Once the search would retrieve (heavy rows x rows per search) this fraction of the collection
+# or more, every row is scored instead: a query whose weight no few bank rows carry (about a
+# concept the bank barely covers) has nothing for the index to prune.
+EVERY_ROW_FRACTION = 4
 # float64 elements of one [bank chunk, retrieved] product in the exact scoring (64 MiB)
 EXACT_CHUNK_ELEMENTS = 1 << 23
+EXACT_CANDIDATE_BLOCK = 8192  # retrieved rows scored at a time
 
 
 def certified_collection_top(
@@ -88,9 +97,7 @@ def certified_collection_top(
         device=device,
     )
     left = _left(q, tempered.query_side, device)  # [N, M] float32
-    # One query at a time: each has its own heavy rows, and scoring the union of every query's
-    # retrieved rows for every query would cost N times more.
-    found = [search.one(q[n : n + 1], left[n : n + 1]) for n in range(q.shape[0])]
+    found = search.all(q, left)
     return Leaders(
         torch.cat([f.values for f in found]),
         torch.cat([f.ids for f in found]),
@@ -102,7 +109,7 @@ def certified_collection_top(
 
 @dataclass(frozen=True)
 class _Search:
-    """One collection searched for one query after another (the module doc's loop)."""
+    """One collection searched for a batch of queries (the module doc's loop)."""
 
     bridge: Bridge
     vectors: np.ndarray
@@ -114,50 +121,159 @@ class _Search:
     reach: float  # the largest s2 <b2_m, c>
     device: str
 
-    def one(self, q: torch.Tensor, left: torch.Tensor):
-        """The leaders of one query [1, d] with its exact left row [1, M]."""
+    @property
+    def max_k(self) -> int:
+        return min(max(MAX_RETRIEVED_PER_ROW, self.keep), len(self.vectors))
+
+    def all(self, q: torch.Tensor, left: torch.Tensor) -> list:
+        """The leaders of each query, the queries searched in rounds together: each round's
+        index searches are shared (a bank row heavy for several queries is searched once, at
+        the depth the most demanding wants), while each query keeps its own heavy rows and
+        its own exactly scored rows (scoring every query's rows for every query would cost N
+        times more)."""
+        first_k = min(max(FIRST_RETRIEVED, self.keep), len(self.vectors))
+        first_nprobe = self.nearest.default_nprobe()
+        depth: dict[int, tuple[int, int]] = {}  # bank row -> (k, nprobe) wanted
+        searched: dict[int, tuple[tuple[int, int], float, np.ndarray]] = {}  # -> done, ceiling
+        queries = [
+            _QueryState(self, q[n : n + 1], left[n : n + 1], min(FIRST_HEAVY_ROWS, self.max_heavy))
+            for n in range(q.shape[0])
+        ]
+        done: dict[int, object] = {}
+        while len(done) < len(queries):
+            active = [n for n in range(len(queries)) if n not in done]
+            heavy = {n: queries[n].heavy_rows() for n in active}
+            for rows in heavy.values():
+                for row in rows:
+                    depth.setdefault(int(row), (first_k, first_nprobe))
+            wanted = np.unique(np.concatenate(list(heavy.values())))
+            self._search(self.bridge.candidate_side.bank, wanted, depth, searched)
+            for n in active:
+                outcome = queries[n].step(heavy[n], depth, searched)
+                if outcome is not None:
+                    done[n] = outcome
+        return [done[n] for n in range(len(queries))]
+
+    def _search(self, bank, rows: np.ndarray, depth: dict, searched: dict) -> None:
+        """Search the collection for each row not yet searched at its wanted depth, rows of
+        one depth together."""
+        pending: dict[tuple[int, int], list[int]] = {}
+        for row in rows:
+            wanted = depth[int(row)]
+            if int(row) not in searched or searched[int(row)][0] != wanted:
+                pending.setdefault(wanted, []).append(int(row))
+        for (k, nprobe), group in pending.items():
+            found = self.nearest(np.ascontiguousarray(bank[group]), k, nprobe)
+            for i, row in enumerate(group):
+                hits = found.rows[i]
+                searched[row] = ((k, nprobe), float(found.ceiling[i]), hits[hits >= 0])
+
+    def every_row(self, q: torch.Tensor):
+        """Every collection row scored exactly in float64, a chunk at a time: the top `keep`
+        with bounds no wider than float64 rounding, and nothing left unseen."""
         from ucl_cli.bridge.candidate_sources import Leaders
 
-        bank = self.bridge.candidate_side.bank
-        s2 = self.bridge.candidate_side.scale
-        log_m = math.log(left.shape[1])
-        left64 = left.double()
-        t = min(FIRST_HEAVY_ROWS, self.max_heavy)
-        k = min(max(FIRST_RETRIEVED, self.keep), len(self.vectors))
-        max_k = min(max(MAX_RETRIEVED_PER_ROW, self.keep), len(self.vectors))
-        # IVF lists visited per search: an unvisited list is bounded by Cauchy-Schwarz from its
-        # centroid and radius, loose in high dimension, so going deeper visits more lists too
-        nprobe, lists = self.nearest.default_nprobe(), self.nearest.lists()
-        while True:
-            heavy = left.topk(t, dim=1).indices  # [1, t]
-            rows = heavy[0].cpu().numpy()
-            found = self.nearest(np.ascontiguousarray(bank[rows]), k, nprobe)
-            retrieved = np.unique(found.rows[found.rows >= 0])
-            scored = _exact_scores(self.bridge, q, self.vectors[retrieved], self.device)
-            slack = _float64_slack(scored, self.peak, left.shape[1])
-            ceilings = s2 * torch.from_numpy(found.ceiling.astype(np.float64)).to(self.device)
-            through_heavy, through_others = _unseen_terms(left64, heavy, ceilings[None], self.reach)
-            unseen = torch.logaddexp(through_heavy, through_others) - log_m + self.error
-            ids = torch.from_numpy(retrieved.astype(np.int64)).to(self.device)
-            leaders = Leaders(scored, ids[None], scored - slack, scored + slack, unseen).best(
-                self.keep
+        bank_size = len(self.bridge.query_side.bank)
+        chunk = max(1024, EXACT_CHUNK_ELEMENTS // bank_size)
+        kept = None
+        for start in range(0, len(self.vectors), chunk):
+            scored = _exact_scores(
+                self.bridge, q, self.vectors[start : start + chunk], self.device
             )
-            if bool(leaders.certify()[:, : self.keep].all()):
-                return leaders
-            # Grow what binds: the unseen rows' ceiling through the heavy rows (search deeper,
-            # k) or through the rest of the bank (more heavy rows, t). Neither: the leaders
-            # themselves are too close to order (a near tie), which no search can change.
-            weakest = float(leaders.lower[0, -1])
-            deeper = float(through_heavy[0]) - log_m + self.error > weakest - BINDING_NATS
-            wider = float(through_others[0]) - log_m + self.error > weakest - BINDING_NATS
-            grown = (
-                min(4 * t, self.max_heavy) if wider else t,
-                min(4 * k, max_k) if deeper else k,
-                min(4 * nprobe, lists) if deeper else nprobe,
-            )
-            if grown == (t, k, nprobe):
-                return leaders
-            t, k, nprobe = grown
+            slack = _float64_slack(scored, self.peak, bank_size)
+            ids = torch.arange(start, start + scored.shape[1], device=self.device)[None]
+            unseen = torch.full((1,), -math.inf, dtype=torch.float64, device=self.device)
+            fresh = Leaders(scored, ids, scored - slack, scored + slack, unseen)
+            kept = fresh.best(self.keep) if kept is None else kept.merged(fresh, self.keep)
+        return kept
+
+
+class _QueryState:
+    """One query's side of the search: its heavy rows, its exactly scored rows, its leaders."""
+
+    def __init__(self, search: _Search, q: torch.Tensor, left: torch.Tensor, t: int):
+        self.search, self.q, self.left, self.t = search, q, left, t
+        self.left64 = left.double()
+        self.scored = _ScoredRows(search, q)
+
+    def heavy_rows(self) -> np.ndarray:
+        """The query's t heaviest bank rows, heaviest first."""
+        return self.left.topk(self.t, dim=1).indices[0].cpu().numpy()
+
+    def step(self, rows: np.ndarray, depth: dict, searched: dict):
+        """Certify from this round's searches: the leaders when proven (or when nothing left
+        to grow can prove more); None after asking for more (deeper rows in `depth`, a larger
+        t) for the next round."""
+        from ucl_cli.bridge.candidate_sources import Leaders
+
+        search = self.search
+        s2 = search.bridge.candidate_side.scale
+        log_m = math.log(self.left.shape[1])
+        retrieved = np.unique(np.concatenate([searched[int(r)][2] for r in rows]))
+        values, ids = self.scored.of(retrieved)
+        slack = _float64_slack(values, search.peak, self.left.shape[1])
+        ceilings = torch.from_numpy(np.array([searched[int(r)][1] for r in rows]))
+        ceilings = s2 * ceilings.to(search.device)
+        heavy = torch.from_numpy(rows).to(search.device)[None]
+        through_heavy, through_others = _unseen_terms(
+            self.left64, heavy, ceilings[None], search.reach
+        )
+        unseen = torch.logaddexp(through_heavy, through_others) - log_m + search.error
+        leaders = Leaders(values, ids[None], values - slack, values + slack, unseen).best(
+            search.keep
+        )
+        if bool(leaders.certify()[:, : search.keep].all()):
+            return leaders
+        # Grow what binds: the unseen rows' ceiling through the heavy rows (search deeper from
+        # the rows whose share binds) or through the rest of the bank (more heavy rows).
+        # Neither: the leaders are too close to order (a near tie), which no search can
+        # change; or the budget is spent.
+        weakest = float(leaders.lower[0, -1]) - BINDING_NATS
+        shares = (self.left64[0, heavy[0]] + ceilings - log_m + search.error).cpu().numpy()
+        deepened = False
+        if float(through_heavy[0]) - log_m + search.error > weakest:
+            # each row whose share alone could reach the weakest leader once t rows add up;
+            # if none does, the largest shares
+            binding = shares > weakest - math.log(len(rows))
+            if not binding.any():
+                binding = shares >= shares.max() - BINDING_NATS
+            for row in rows[binding]:
+                k, nprobe = depth[int(row)]
+                grown = (min(4 * k, search.max_k), min(4 * nprobe, search.nearest.lists()))
+                if grown != (k, nprobe):
+                    depth[int(row)] = grown
+                    deepened = True
+        through_rest = float(through_others[0]) - log_m + search.error
+        wider = through_rest > weakest and self.t < search.max_heavy
+        if not deepened and not wider:
+            return leaders
+        if wider:
+            self.t = min(4 * self.t, search.max_heavy)
+        wanted = sum(depth.get(int(r), (0, 0))[0] for r in self.heavy_rows())
+        if wanted * EVERY_ROW_FRACTION >= len(search.vectors):
+            # The weight is spread over so many bank rows that the search would retrieve much
+            # of the collection: score all of it exactly instead (certified outright).
+            return search.every_row(self.q)
+        return None
+
+
+class _ScoredRows:
+    """Exact scores of collection rows for one query, each row scored once per search."""
+
+    def __init__(self, search: _Search, q: torch.Tensor):
+        self.search, self.q = search, q
+        self.ids = np.empty(0, dtype=np.int64)
+        self.values = torch.empty((1, 0), dtype=torch.float64, device=search.device)
+
+    def of(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """([1, R] float64 scores, [R] ids) for every row scored so far, `rows` included."""
+        fresh = np.setdiff1d(rows, self.ids)
+        if len(fresh):
+            search = self.search
+            values = _exact_scores(search.bridge, self.q, search.vectors[fresh], search.device)
+            self.ids = np.concatenate([self.ids, fresh])
+            self.values = torch.cat([self.values, values], dim=1)
+        return self.values, torch.from_numpy(self.ids).to(self.search.device)
 
 
 def _exact_scores(
@@ -165,13 +281,26 @@ def _exact_scores(
 ) -> torch.Tensor:
     """The bridge scores of the retrieved rows [N, |C|] in float64 (products too): their
     rounding is then far below any gap a certificate relies on, unlike float32's, whose sums
-    over M terms drift by up to M ulps."""
+    over M terms drift by up to M ulps. Memory: one [bank chunk, candidate block] product."""
+    return torch.cat(
+        [
+            _exact_block(bridge, q, candidates[start : start + EXACT_CANDIDATE_BLOCK], device)
+            for start in range(0, len(candidates), EXACT_CANDIDATE_BLOCK)
+        ]
+        or [torch.empty((q.shape[0], 0), dtype=torch.float64, device=device)],
+        dim=1,
+    )
+
+
+def _exact_block(
+    bridge: Bridge, q: torch.Tensor, candidates: np.ndarray, device: str
+) -> torch.Tensor:
     from ucl_cli.estimators import combine_partials, partial_bridge_scores
 
     query_side, candidate_side = bridge.query_side, bridge.candidate_side
     q64 = q.double()
     c64 = torch.from_numpy(np.array(candidates, np.float64)).to(device)
-    chunk = max(1024, EXACT_CHUNK_ELEMENTS // max(c64.shape[0], q64.shape[0], 1))
+    chunk = max(256, EXACT_CHUNK_ELEMENTS // max(c64.shape[0], q64.shape[0], 1))
     parts = []
     for start in range(0, len(query_side.bank), chunk):
         # float64 copies of the (read-only, memory-mapped) rows: the products are exact to
