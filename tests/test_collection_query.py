@@ -433,20 +433,40 @@ def test_twins_in_a_collection_are_never_ordered_by_the_certificate():
     assert bool(ranked.certified[0, 2]), "the third is proven below both twins"
 
 
-def test_a_spent_budget_marks_positions_uncertified_but_keeps_valid_bounds():
-    """Flat query weights (tiny scales) leave nothing to prune with: the search stops at its
-    budget, and whatever it returns is bracketed, with nothing falsely certified."""
+def test_a_spent_budget_marks_positions_uncertified_but_keeps_valid_bounds(monkeypatch):
+    """Flat query weights (small scales) leave the index little to prune with: with a small
+    budget the search stops, and what it returns is bracketed, with nothing falsely certified."""
+    import ucl_cli.bridge.collection_search as collection_search
+
+    monkeypatch.setattr(collection_search, "MAX_RETRIEVED_PER_ROW", 32)
+    rng = np.random.default_rng(4)
+    d = 16
+    bridge = _bridge(rng, 400, d, (0.5, 0.5))
+    queries = _unit(rng.standard_normal((2, d)))
+    collection = _unit(rng.standard_normal((20000, d)))
+    source = _searched_source(collection, 16, nprobe=1)
+    settings = ScoringSettings(max_nearest_rows=4)
+    ranked = rank_sources(method_named("topk"), bridge, queries, [source], settings, 10)
+    exact = _exact(bridge, queries, collection)
+    _check_certificates(ranked, exact, _global_ids(ranked, [source]), "budget")
+    assert not bool(ranked.certified.all())
+
+
+def test_weight_spread_over_the_bank_scores_every_row_and_certifies_the_exact_top():
+    """When the search would retrieve much of the collection, every row is scored exactly."""
     rng = np.random.default_rng(4)
     d = 16
     bridge = _bridge(rng, 400, d, (0.5, 0.5))
     queries = _unit(rng.standard_normal((2, d)))
     collection = _unit(rng.standard_normal((2000, d)))
     source = _searched_source(collection, 16, nprobe=1)
-    settings = ScoringSettings(max_nearest_rows=32)
-    ranked = rank_sources(method_named("topk"), bridge, queries, [source], settings, 10)
+    ranked = rank_sources(method_named("topk"), bridge, queries, [source], ScoringSettings(), 10)
     exact = _exact(bridge, queries, collection)
-    _check_certificates(ranked, exact, _global_ids(ranked, [source]), "budget")
-    assert not bool(ranked.certified.all())
+    ids = _global_ids(ranked, [source])
+    assert _check_certificates(ranked, exact, ids, "every row") == 20
+    np.testing.assert_array_equal(
+        ids, exact.argsort(dim=1, descending=True, stable=True)[:, :10].numpy()
+    )
 
 
 def test_normalised_topk_over_a_collection_is_streamed_and_still_certified():
