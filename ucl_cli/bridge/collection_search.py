@@ -60,6 +60,9 @@ EVERY_ROW_FRACTION = 4
 # float64 elements of one [bank chunk, retrieved] product in the exact scoring (64 MiB)
 EXACT_CHUNK_ELEMENTS = 1 << 23
 EXACT_CANDIDATE_BLOCK = 8192  # retrieved rows scored at a time
+# Most [heavy rows, retrieved rows] entries bounded from the search's own products; past it every
+# retrieved row is scored exactly.
+BOUND_MATRIX_ELEMENTS = 1 << 24
 
 
 def certified_collection_top(
@@ -95,6 +98,7 @@ def certified_collection_top(
         * row_norm
         * (1 + 2 * FLOAT32_UNIT_ROUNDOFF),
         device=device,
+        row_norm=row_norm,
     )
     left = _left(q, tempered.query_side, device)  # [N, M] float32
     found = search.all(q, left)
@@ -120,6 +124,7 @@ class _Search:
     peak: float  # the largest |path value|
     reach: float  # the largest s2 <b2_m, c>
     device: str
+    row_norm: float  # the largest norm of a collection row
 
     @property
     def max_k(self) -> int:
@@ -134,7 +139,7 @@ class _Search:
         first_k = min(max(FIRST_RETRIEVED, self.keep), len(self.vectors))
         first_nprobe = self.nearest.default_nprobe()
         depth: dict[int, tuple[int, int]] = {}  # bank row -> (k, nprobe) wanted
-        searched: dict[int, tuple[tuple[int, int], float, np.ndarray]] = {}  # -> done, ceiling
+        searched: dict[int, _Searched] = {}  # bank row -> its latest search
         queries = [
             _QueryState(self, q[n : n + 1], left[n : n + 1], min(FIRST_HEAVY_ROWS, self.max_heavy))
             for n in range(q.shape[0])
@@ -160,13 +165,23 @@ class _Search:
         pending: dict[tuple[int, int], list[int]] = {}
         for row in rows:
             wanted = depth[int(row)]
-            if int(row) not in searched or searched[int(row)][0] != wanted:
+            if int(row) not in searched or searched[int(row)].depth != wanted:
                 pending.setdefault(wanted, []).append(int(row))
         for (k, nprobe), group in pending.items():
-            found = self.nearest(np.ascontiguousarray(bank[group]), k, nprobe)
+            vectors = np.ascontiguousarray(bank[group])
+            found = self.nearest(vectors, k, nprobe)
+            # how far FAISS's float32 products may be from the exact ones, per searched row
+            norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
+            slack = dot_rounding_bound(vectors.shape[1]) * norms * self.row_norm
             for i, row in enumerate(group):
-                hits = found.rows[i]
-                searched[row] = ((k, nprobe), float(found.ceiling[i]), hits[hits >= 0])
+                hits = found.rows[i] >= 0
+                searched[row] = _Searched(
+                    (k, nprobe),
+                    float(found.ceiling[i]),
+                    found.rows[i][hits],
+                    found.values[i][hits].astype(np.float64),
+                    float(slack[i]),
+                )
 
     def every_row(self, q: torch.Tensor):
         """Every collection row scored exactly in float64, a chunk at a time: the top `keep`
@@ -200,6 +215,9 @@ class _QueryState:
         """The query's t heaviest bank rows, heaviest first."""
         return self.left.topk(self.t, dim=1).indices[0].cpu().numpy()
 
+    def _bounded(self, found, heavy, ceilings, through_others, log_m):
+        return _bounded_rows(self, found, heavy, ceilings, through_others, log_m)
+
     def step(self, rows: np.ndarray, depth: dict, searched: dict):
         """Certify from this round's searches: the leaders when proven (or when nothing left
         to grow can prove more); None after asking for more (deeper rows in `depth`, a larger
@@ -209,19 +227,16 @@ class _QueryState:
         search = self.search
         s2 = search.bridge.candidate_side.scale
         log_m = math.log(self.left.shape[1])
-        retrieved = np.unique(np.concatenate([searched[int(r)][2] for r in rows]))
-        values, ids = self.scored.of(retrieved)
-        slack = _float64_slack(values, search.peak, self.left.shape[1])
-        ceilings = torch.from_numpy(np.array([searched[int(r)][1] for r in rows]))
+        found = [searched[int(r)] for r in rows]
+        ceilings = torch.from_numpy(np.array([f.ceiling for f in found]))
         ceilings = s2 * ceilings.to(search.device)
         heavy = torch.from_numpy(rows).to(search.device)[None]
         through_heavy, through_others = _unseen_terms(
             self.left64, heavy, ceilings[None], search.reach
         )
         unseen = torch.logaddexp(through_heavy, through_others) - log_m + search.error
-        leaders = Leaders(values, ids[None], values - slack, values + slack, unseen).best(
-            search.keep
-        )
+        values, ids, lower, upper = self._bounded(found, heavy, ceilings, through_others, log_m)
+        leaders = Leaders(values, ids[None], lower, upper, unseen).best(search.keep)
         if bool(leaders.certify()[:, : search.keep].all()):
             return leaders
         # Grow what binds: the unseen rows' ceiling through the heavy rows (search deeper from
@@ -255,6 +270,61 @@ class _QueryState:
             # of the collection: score all of it exactly instead (certified outright).
             return search.every_row(self.q)
         return None
+
+
+@dataclass(frozen=True)
+class _Searched:
+    """One bank row's latest search of the collection: the depth it was searched at, the
+    certified ceiling on every row it did not return, the rows it returned and their inner
+    products (float32 products, within `slack` of the exact ones)."""
+
+    depth: tuple[int, int]
+    ceiling: float
+    rows: np.ndarray
+    values: np.ndarray
+    slack: float
+
+
+def _bounded_rows(state: _QueryState, found, heavy, ceilings, through_others, log_m):
+    """The retrieved rows of one query with bounds: ([1, R] values, [R] ids, [1, R] lower,
+    [1, R] upper). A row's bounds come from the search itself: its inner product with each
+    heavy row that returned it (within that search's rounding), the heavy row's ceiling for
+    the others, and the rest of the bank's bound. Only the rows whose upper bound reaches the
+    keep-th best lower bound are scored exactly (float64); the others keep their bounds, which
+    is all a certificate needs to rank them below."""
+    search = state.search
+    device = search.device
+    retrieved = np.unique(np.concatenate([f.rows for f in found]))
+    if len(found) * len(retrieved) > BOUND_MATRIX_ELEMENTS:  # too many to bound: score them all
+        values, ids = state.scored.of(retrieved)
+        slack = _float64_slack(values, search.peak, state.left.shape[1])
+        return values, ids, values - slack, values + slack
+    known = np.full((len(found), len(retrieved)), np.nan)
+    for i, f in enumerate(found):
+        known[i, np.searchsorted(retrieved, f.rows)] = f.values
+    products = torch.from_numpy(known).to(device)
+    slack = torch.tensor([f.slack for f in found], dtype=torch.float64, device=device)[:, None]
+    returned = ~torch.isnan(products)
+    s2 = search.bridge.candidate_side.scale
+    weights = state.left64[0, heavy[0]][:, None]  # [t, 1]
+    # `ceilings` are already s2 times the searches' ceilings
+    above = weights + torch.where(returned, s2 * (products + slack), ceilings[:, None])
+    upper = torch.logaddexp(torch.logsumexp(above, dim=0), through_others[0])
+    upper = upper - log_m + search.error
+    below = torch.where(returned, weights + s2 * (products - slack), -math.inf)
+    lower = torch.logsumexp(below, dim=0) - log_m - search.error
+    reachable = upper >= lower.topk(min(search.keep, len(retrieved))).values[-1]
+    values, ids = state.scored.of(retrieved[reachable.cpu().numpy()])
+    exact_slack = _float64_slack(values, search.peak, state.left.shape[1])
+    scored = torch.from_numpy(np.isin(retrieved, ids.cpu().numpy())).to(device)
+    only_bounded = ~scored
+    bounded_ids = torch.from_numpy(retrieved).to(device)[only_bounded]
+    return (
+        torch.cat([values, lower[only_bounded][None]], dim=1),
+        torch.cat([ids, bounded_ids]),
+        torch.cat([values - exact_slack, lower[only_bounded][None]], dim=1),
+        torch.cat([values + exact_slack, upper[only_bounded][None]], dim=1),
+    )
 
 
 class _ScoredRows:
