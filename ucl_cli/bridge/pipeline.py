@@ -240,67 +240,19 @@ def _search_one_direction(
     )
     if not query_embeddings.paths:
         return []  # every query of this modality failed to decode: each is in failed_queries
-    if collections:
-        return _search_sources(
-            direction,
-            query_embeddings,
-            candidate_paths,
-            candidate_model,
-            query_model,
-            bank,
-            options,
-            cache,
-            listener,
-            report,
-            collections,
-        )
-    candidate_embeddings = _embed(
-        candidate_model, candidate_modality, candidate_paths, cache, options, listener, report
+    return _search_sources(
+        direction,
+        query_embeddings,
+        candidate_paths,
+        candidate_model,
+        query_model,
+        bank,
+        options,
+        cache,
+        listener,
+        report,
+        collections,
     )
-    kept_candidates = candidate_embeddings.paths
-    if not kept_candidates:
-        raise UsageError("every candidate file was skipped: nothing to rank")
-    report.candidates = len(kept_candidates)
-    bridge = Bridge.of(bank, query_model, candidate_model)
-    queries, candidates = query_embeddings.vectors, candidate_embeddings.vectors
-    top = len(kept_candidates) if options.top is None else min(options.top, len(kept_candidates))
-    # the leading positions that must be right: topk certifies them (all of them with top=None)
-    certify = options.top or len(kept_candidates)
-    scores = direction.method.score(bridge, queries, candidates, options.scoring, certify)
-    explanations = {}
-    if options.explain > 0 and direction.method.explains:
-        explanations = _explanations(bridge, queries, candidates, scores, top, bank, options)
-    results = []
-    for n, query in enumerate(query_embeddings.paths):
-        hits = []
-        for position in range(top):
-            k = int(scores.order[n, position])
-            weights, ess = explanations.get((n, k), ((), None))
-            hits.append(
-                Hit(
-                    rank=position + 1,
-                    candidate=kept_candidates[k],
-                    score=float(scores.values[n, k]),
-                    certified=_optional_bool(scores.certified, n, position),
-                    lower=_optional_float(scores.lower, n, k),
-                    upper=_optional_float(scores.upper, n, k),
-                    caption=_caption(scores, bank, n),
-                    bridge=weights,
-                    effective_sample_size=ess,
-                )
-            )
-        results.append(
-            QueryResult(
-                query,
-                query_modality,
-                candidate_modality,
-                options.method,
-                bank.name,
-                hits,
-                options.scoring.calibration,
-            )
-        )
-    return results
 
 
 def _search_sources(
@@ -316,8 +268,9 @@ def _search_sources(
     report: SearchReport,
     collections: Sequence[Bank],
 ) -> list[QueryResult]:
-    """Rank files and collection rows as one candidate set, streamed a chunk at a time
-    (`candidate_sources`): the collections' files are never opened."""
+    """Rank the candidate files and the collections' rows as one candidate set, streamed a
+    chunk at a time (`candidate_sources`): the collections' files are never opened. Files
+    alone are one source, ranked the same way."""
     import torch
 
     from ucl_cli.bridge.candidate_sources import collection_source, file_source, rank_sources
@@ -336,9 +289,12 @@ def _search_sources(
         if embedded.paths:
             sources.append(file_source(embedded.paths, embedded.vectors))
     sources += [collection_source(collection, candidate_model) for collection in collections]
+    if not sources:
+        raise UsageError("every candidate file was skipped: nothing to rank")
     total = sum(len(source) for source in sources)
-    names = ", ".join(collection.name for collection in collections)
-    listener.stage(f"scoring {total:,} candidates (collections {names})", total)
+    if collections:
+        names = ", ".join(collection.name for collection in collections)
+        listener.stage(f"scoring {total:,} candidates (collections {names})", total)
     bridge = Bridge.of(bank, query_model, candidate_model)
     queries = query_embeddings.vectors
     ranked = rank_sources(
@@ -348,7 +304,7 @@ def _search_sources(
         sources,
         options.scoring,
         options.top,
-        on_advance=listener.on_advance,
+        on_advance=listener.on_advance if collections else None,  # files: no stage of its own
     )
     report.candidates = ranked.total
     shown = ranked.values.shape[1]
