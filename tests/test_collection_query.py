@@ -377,9 +377,14 @@ def _check_certificates(ranked, exact: torch.Tensor, ids: np.ndarray, label: str
         ("tiny scales, IVF", 0.2, (1e-3, 2e-3), 8),
     ],
 )
+@pytest.mark.parametrize("scan_all", [False, True], ids=["index scans", "matrix product"])
 def test_searching_a_collection_through_its_index_certifies_only_the_truth(
-    case, spread, scales, nlist
+    case, spread, scales, nlist, scan_all, monkeypatch
 ):
+    import ucl_cli.bridge.collection_search as collection_search
+
+    if scan_all:  # every full visit as one matrix product, however few rows ask for it
+        monkeypatch.setattr(collection_search, "SCAN_ALL_FROM_ROWS", 1)
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     d = 16
     centres = _unit(rng.standard_normal((12, d)))

@@ -21,11 +21,13 @@ others, so
 one ceiling for all of them (R: the largest bank-row norm times the largest collection-row norm).
 The exact scores (float64) and that ceiling (widened by the float32 products' rounding) are
 certified together (`certify_ranking`, through `candidate_sources.Leaders`). Until the first N
-positions are proven, the part of the ceiling that binds grows 4x: k and the IVF lists visited
-where the heavy rows' ceilings bind, T where the other rows do, up to `max_nearest_rows` heavy
-rows, MAX_RETRIEVED_PER_ROW rows per search and every list; a position still unproven then is
-returned uncertified, never guessed. A search about to retrieve a quarter of the collection or
-more scores every row exactly instead (certified outright, at about lse's cost in float64).
+positions are proven, the part of the ceiling that binds grows: k (4x) and the IVF lists visited
+(16x; a search of every list for many rows is one matrix product over the collection, shared
+by the round's rows) where the heavy rows' ceilings bind, T (4x) where the other rows do, up to
+`max_nearest_rows` heavy rows, MAX_RETRIEVED_PER_ROW rows per search and every list; a
+position still unproven then is returned uncertified, never guessed. A search about to retrieve
+a quarter of the collection or more scores every row exactly instead (certified outright, at
+about lse's cost in float64).
 A batch of queries is searched in rounds together: each query has its own heavy rows and its own
 exactly scored rows, and each round's index searches are shared (a bank row heavy for several
 queries is searched once, as deep as the most demanding of them asks).
@@ -63,6 +65,11 @@ EXACT_CANDIDATE_BLOCK = 8192  # retrieved rows scored at a time
 # Most [heavy rows, retrieved rows] entries bounded from the search's own products; past it every
 # retrieved row is scored exactly.
 BOUND_MATRIX_ELEMENTS = 1 << 24
+# IVF lists visited grow this much a round (a partial visit rarely certifies in high dimension:
+# an unvisited list's bound is loose), and a search that visits them all is a matrix product
+NPROBE_GROWTH = 16
+SCAN_CHUNK_ROWS = 1 << 16
+SCAN_ALL_FROM_ROWS = 8
 
 
 def certified_collection_top(
@@ -169,19 +176,56 @@ class _Search:
                 pending.setdefault(wanted, []).append(int(row))
         for (k, nprobe), group in pending.items():
             vectors = np.ascontiguousarray(bank[group])
-            found = self.nearest(vectors, k, nprobe)
-            # how far FAISS's float32 products may be from the exact ones, per searched row
+            # how far float32 products may be from the exact ones, per searched row
             norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
             slack = dot_rounding_bound(vectors.shape[1]) * norms * self.row_norm
+            if nprobe >= self.nearest.lists() and len(group) >= SCAN_ALL_FROM_ROWS:
+                # every list visited, for many rows: one matrix product over the collection
+                # shares the pass among them (for a few rows the index's own scan is faster)
+                values, found_rows, ceiling = self._scan_all(vectors, k, slack)
+            else:
+                found = self.nearest(vectors, k, nprobe)
+                values, found_rows, ceiling = found.values, found.rows, found.ceiling
             for i, row in enumerate(group):
-                hits = found.rows[i] >= 0
+                hits = found_rows[i] >= 0
                 searched[row] = _Searched(
                     (k, nprobe),
-                    float(found.ceiling[i]),
-                    found.rows[i][hits],
-                    found.values[i][hits].astype(np.float64),
+                    float(ceiling[i]),
+                    found_rows[i][hits],
+                    values[i][hits].astype(np.float64),
                     float(slack[i]),
                 )
+
+    def _scan_all(
+        self, vectors: np.ndarray, k: int, slack: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The k largest inner products of each of `vectors` with every collection row, by
+        float32 matrix products over chunks of the collection: (values, rows, ceiling), the
+        ceiling being the k-th value plus the products' rounding (-inf when k covers all)."""
+        from ucl_cli.estimators.bridge import _full_precision_matmul
+
+        queries = torch.from_numpy(vectors).to(self.device)
+        total = len(self.vectors)
+        k = min(k, total)
+        best_values = best_rows = None
+        with _full_precision_matmul():  # the slack assumes true float32 products
+            for start in range(0, total, SCAN_CHUNK_ROWS):
+                chunk = np.array(self.vectors[start : start + SCAN_CHUNK_ROWS], np.float32)
+                products = queries @ torch.from_numpy(chunk).to(self.device).T
+                top = products.topk(min(k, products.shape[1]), dim=1)
+                rows = top.indices + start
+                if best_values is None:
+                    best_values, best_rows = top.values, rows
+                    continue
+                merged = torch.cat([best_values, top.values], dim=1)
+                keep = merged.topk(k, dim=1)
+                best_rows = torch.cat([best_rows, rows], dim=1).gather(1, keep.indices)
+                best_values = keep.values
+        values = best_values.cpu().numpy()
+        ceiling = values[:, -1].astype(np.float64) + slack
+        if k >= total:
+            ceiling = np.full(len(vectors), -math.inf)
+        return values, best_rows.cpu().numpy(), ceiling
 
     def every_row(self, q: torch.Tensor):
         """Every collection row scored exactly in float64, a chunk at a time: the top `keep`
@@ -254,7 +298,10 @@ class _QueryState:
                 binding = shares >= shares.max() - BINDING_NATS
             for row in rows[binding]:
                 k, nprobe = depth[int(row)]
-                grown = (min(4 * k, search.max_k), min(4 * nprobe, search.nearest.lists()))
+                grown = (
+                    min(4 * k, search.max_k),
+                    min(NPROBE_GROWTH * nprobe, search.nearest.lists()),
+                )
                 if grown != (k, nprobe):
                     depth[int(row)] = grown
                     deepened = True
