@@ -367,6 +367,22 @@ def _check_certificates(ranked, exact: torch.Tensor, ids: np.ndarray, label: str
     return proven
 
 
+# The ways a collection is searched: list by list from the per-list table (an IVF collection
+# through a bank of modest size), or from the bank rows that carry the weight (a Flat collection,
+# or a bank too large for the table), each list visit by the index or as one matrix product.
+SEARCHES = ["lists", "heavy rows, index scans", "heavy rows, matrix product"]
+
+
+def use_search(search: str, monkeypatch) -> None:
+    import ucl_cli.bridge.collection_search as collection_search
+    import ucl_cli.bridge.list_search as list_search
+
+    if search != "lists":
+        monkeypatch.setattr(list_search, "TABLE_ELEMENTS", 0)
+    if search.endswith("matrix product"):  # every full visit as one matrix product
+        monkeypatch.setattr(collection_search, "SCAN_ALL_FROM_ROWS", 1)
+
+
 @pytest.mark.parametrize(
     ("case", "spread", "scales", "nlist"),
     [
@@ -377,14 +393,11 @@ def _check_certificates(ranked, exact: torch.Tensor, ids: np.ndarray, label: str
         ("tiny scales, IVF", 0.2, (1e-3, 2e-3), 8),
     ],
 )
-@pytest.mark.parametrize("scan_all", [False, True], ids=["index scans", "matrix product"])
+@pytest.mark.parametrize("search", SEARCHES)
 def test_searching_a_collection_through_its_index_certifies_only_the_truth(
-    case, spread, scales, nlist, scan_all, monkeypatch
+    case, spread, scales, nlist, search, monkeypatch
 ):
-    import ucl_cli.bridge.collection_search as collection_search
-
-    if scan_all:  # every full visit as one matrix product, however few rows ask for it
-        monkeypatch.setattr(collection_search, "SCAN_ALL_FROM_ROWS", 1)
+    use_search(search, monkeypatch)
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     d = 16
     centres = _unit(rng.standard_normal((12, d)))
@@ -400,7 +413,9 @@ def test_searching_a_collection_through_its_index_certifies_only_the_truth(
         assert proven == 30, "the trained-scale clustered case certifies its whole top 10"
 
 
-def test_the_index_search_agrees_with_the_exact_stream():
+@pytest.mark.parametrize("search", SEARCHES)
+def test_the_index_search_agrees_with_the_exact_stream(search, monkeypatch):
+    use_search(search, monkeypatch)
     rng = np.random.default_rng(11)
     d = 16
     centres = _unit(rng.standard_normal((20, d)))
@@ -422,7 +437,9 @@ def test_the_index_search_agrees_with_the_exact_stream():
     )
 
 
-def test_twins_in_a_collection_are_never_ordered_by_the_certificate():
+@pytest.mark.parametrize("search", SEARCHES)
+def test_twins_in_a_collection_are_never_ordered_by_the_certificate(search, monkeypatch):
+    use_search(search, monkeypatch)
     rng = np.random.default_rng(3)
     d = 16
     centres = _unit(rng.standard_normal((8, d)))
@@ -443,6 +460,7 @@ def test_a_spent_budget_marks_positions_uncertified_but_keeps_valid_bounds(monke
     budget the search stops, and what it returns is bracketed, with nothing falsely certified."""
     import ucl_cli.bridge.collection_search as collection_search
 
+    use_search("heavy rows, index scans", monkeypatch)  # the list walk has no budget to spend
     monkeypatch.setattr(collection_search, "MAX_RETRIEVED_PER_ROW", 32)
     rng = np.random.default_rng(4)
     d = 16
@@ -457,7 +475,9 @@ def test_a_spent_budget_marks_positions_uncertified_but_keeps_valid_bounds(monke
     assert not bool(ranked.certified.all())
 
 
-def test_weight_spread_over_the_bank_scores_every_row_and_certifies_the_exact_top():
+@pytest.mark.parametrize("search", SEARCHES)
+def test_weight_spread_over_the_bank_scores_every_row_and_certifies_the_exact_top(search, monkeypatch):
+    use_search(search, monkeypatch)
     """When the search would retrieve much of the collection, every row is scored exactly."""
     rng = np.random.default_rng(4)
     d = 16

@@ -42,6 +42,7 @@ import numpy as np
 
 from ucl_cli import config
 from ucl_cli.bank.norms import largest_row_norm
+from ucl_cli.bank.placement import PlacedIndex, place_index
 from ucl_cli.bank.search_index import faiss_module
 from ucl_cli.estimators.topk import FLOAT32_UNIT_ROUNDOFF, dot_rounding_bound
 
@@ -108,6 +109,9 @@ class CertifiedNearest:
     scan_cache: Path | None = None
     # The largest norm of any bank row (a bank's manifest records it); None: measured here.
     row_norm_bound: float | None = None
+    # The index's copy on a GPU (`placement.place_index`), which answers the searches it can;
+    # `index` stays the source of the geometry the bounds use.
+    device_copy: faiss.Index | None = None
     _groups: np.ndarray | None = field(default=None, init=False, repr=False)
     _distances: np.ndarray | None = field(default=None, init=False, repr=False)
     _radii: np.ndarray | None = field(default=None, init=False, repr=False)
@@ -124,16 +128,17 @@ class CertifiedNearest:
         gamma = dot_rounding_bound(queries.shape[1])
         slack = gamma * norm[:, 0] * self.row_norm()
         ivf = _ivf(self.index)
+        placed = PlacedIndex(self.index, self.device_copy)
         if ivf is None:
-            values, rows = self.index.search(queries, t)
+            values, rows = placed.search(queries, t)
             ceiling = values[:, -1].astype(np.float64) + slack
             return Neighbours(values, rows, ceiling, ceiling[:, None])
         nprobe = min(nprobe or self.nprobe or ivf.nprobe, ivf.nlist)
-        values, rows, probed = _search_lists(ivf, self.index, queries, t, nprobe)
+        values, rows, probed = _search_lists(ivf, placed, queries, t, nprobe)
         # The visited lists may hold fewer than T rows (FAISS pads with -1): visit more.
         while nprobe < ivf.nlist and (rows < 0).any():
             nprobe = min(2 * nprobe, ivf.nlist)
-            values, rows, probed = _search_lists(ivf, self.index, queries, t, nprobe)
+            values, rows, probed = _search_lists(ivf, placed, queries, t, nprobe)
         ceiling = values[:, -1].astype(np.float64) + slack
         centroids = _centroids(ivf)
         centroid_norms = np.linalg.norm(centroids.astype(np.float64), axis=1)
@@ -286,14 +291,16 @@ class LazyNearest:
         return self._nearest
 
 
-def flat_nearest(matrix: np.ndarray, max_norm: float) -> LazyNearest:
+def flat_nearest(matrix: np.ndarray, max_norm: float, device: str = "cpu") -> LazyNearest:
     """Exact search over rows held in memory (a sub-bank), through a Flat index of their own
-    built on first search: it visits every row, so its T-th value certifies the rest."""
+    built on first search (on `device` when FAISS can): it visits every row, so its T-th value
+    certifies the rest."""
 
     def make() -> CertifiedNearest:
         index = faiss_module().IndexFlatIP(matrix.shape[1])
         index.add(matrix)
-        return CertifiedNearest(index, matrix, row_norm_bound=max_norm)
+        placed = place_index(index, device)
+        return CertifiedNearest(index, matrix, row_norm_bound=max_norm, device_copy=placed.gpu)
 
     return LazyNearest(make)
 
@@ -349,13 +356,19 @@ def _centroids(ivf: faiss.IndexIVF) -> np.ndarray:
 
 def _search_lists(
     ivf: faiss.IndexIVF,
-    index: faiss.Index,
+    placed: PlacedIndex,
     queries: np.ndarray,
     t: int,
     nprobe: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Search visiting `nprobe` lists: (values, rows, visited lists [R, nprobe]); the index's own
-    nprobe setting is left as it was."""
+    nprobe setting is left as it was. On a GPU the lists are named to the search (`placement`):
+    its own coarse search could choose others at a near tie."""
+    if placed.on_gpu:
+        products, probed = ivf.quantizer.search(queries, nprobe)
+        values, rows = placed.search_lists(queries, t, probed, products)
+        return values, rows, probed
+    index = placed.cpu
     before = ivf.nprobe
     ivf.nprobe = nprobe
     try:

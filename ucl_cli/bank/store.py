@@ -164,21 +164,37 @@ class Bank:
             self._indexes[position] = index
         return self._indexes[position]
 
-    def nearest(self, model: ModelRef) -> LazyNearest:
+    def nearest(self, model: ModelRef, device: str = "cpu") -> LazyNearest:
         """One model's certified nearest-row search (what `topk` asks of the bank). The index is
         read on first search, so methods that never search never read it; an IVF index's scan is
-        loaded from where `ucl index` saved it (`ucl_cli.bank.nearest.scan_path`)."""
+        loaded from where `ucl index` saved it (`ucl_cli.bank.nearest.scan_path`). With a CUDA
+        `device` the searches run on a GPU copy when FAISS can make one (`bank.placement`)."""
         # Imported here: its bounds' arithmetic loads torch, which opening a bank must not.
         from ucl_cli.bank.nearest import DEFAULT_NPROBE, CertifiedNearest, LazyNearest, scan_path
+        from ucl_cli.bank.placement import place_index
 
         key = self.models[self.position(model)].key
         max_norm = self.row_norm(key)  # what the manifest records: no pass over the rows
         vectors, scan_cache = self.vectors(key), scan_path(self, key)
 
         def search() -> CertifiedNearest:
-            return CertifiedNearest(self.index(key), vectors, DEFAULT_NPROBE, scan_cache, max_norm)
+            index = self.index(key)
+            copy = place_index(index, device).gpu
+            return CertifiedNearest(
+                index, vectors, DEFAULT_NPROBE, scan_cache, max_norm, device_copy=copy
+            )
 
         return LazyNearest(search)
+
+    def content_key(self, model: ModelRef) -> str | None:
+        """What names one model's vectors and index by content (the manifest's SHA-256 of
+        both): the key of anything derived from them. None when either is not recorded."""
+        position = self.position(model)
+        vectors = self.manifest.files.get(self.manifest.vector_files[position])
+        index = self.index_sha256(model)
+        if vectors is None or index is None:
+            return None
+        return f"{vectors.sha256}:{index}"
 
     def index_sha256(self, model: ModelRef) -> str | None:
         """The SHA-256 the manifest records for one model's index file (a content key)."""

@@ -46,6 +46,9 @@ class CandidateSource:
     # a collection's certified nearest-row search and largest row norm, for `topk`
     nearest: Callable | None = None
     row_norm: float | None = None
+    # what names the collection's vectors and index (its manifest's checksums), so that
+    # derived bounds can be saved for the next query
+    identity: str | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -57,17 +60,20 @@ def file_source(paths: Sequence[Path], vectors: np.ndarray) -> CandidateSource:
     return CandidateSource(np.asarray(vectors), listed.__getitem__)
 
 
-def collection_source(collection: Bank, candidate_model: Encoder) -> CandidateSource:
+def collection_source(
+    collection: Bank, candidate_model: Encoder, device: str = "cpu"
+) -> CandidateSource:
     """A collection's rows through the model that embeds its files; each hit is named by the
     path the file had when it was indexed (`ucl index` keeps it current, `--prune` drops the
-    rows of deleted files)."""
+    rows of deleted files). `topk` searches its index on `device` when FAISS can."""
     collection.check_models([candidate_model])  # other models or other weights are refused
     return CandidateSource(
         collection.vectors(candidate_model),
         lambda row: Path(collection.item(row).item_id),
         collection.name,
-        collection.nearest(candidate_model),
+        collection.nearest(candidate_model, device),
         collection.row_norm(candidate_model),
+        identity=collection.content_key(candidate_model),
     )
 
 
@@ -116,7 +122,14 @@ def rank_sources(
             from ucl_cli.bridge.collection_search import certified_collection_top
 
             found = certified_collection_top(
-                bridge, queries, source.vectors, source.nearest, source.row_norm, keep, settings
+                bridge,
+                queries,
+                source.vectors,
+                source.nearest,
+                source.row_norm,
+                keep,
+                settings,
+                identity=source.identity,
             )
             found = replace(found, ids=found.ids + int(offsets[s]))
             kept = found if kept is None else kept.merged(found, keep)

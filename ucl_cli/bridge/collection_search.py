@@ -62,6 +62,9 @@ EVERY_ROW_FRACTION = 4
 # float64 elements of one [bank chunk, retrieved] product in the exact scoring (64 MiB)
 EXACT_CHUNK_ELEMENTS = 1 << 23
 EXACT_CANDIDATE_BLOCK = 8192  # retrieved rows scored at a time
+# A bank of up to this many values (both sides) is held in float64 for a search's exact scoring
+# (256 MiB): converting it again for every few rows scored would cost more than the scoring.
+FLOAT64_BANK_ELEMENTS = 1 << 25
 # Most [heavy rows, retrieved rows] entries bounded from the search's own products; past it every
 # retrieved row is scored exactly.
 BOUND_MATRIX_ELEMENTS = 1 << 24
@@ -80,25 +83,52 @@ def certified_collection_top(
     row_norm: float,
     keep: int,
     settings: ScoringSettings,
+    identity: str | None = None,
 ):
     """The `keep` best rows of the collection `vectors` for each query, with bounds and the
     ceiling of every row not returned (a `candidate_sources.Leaders` of collection rows).
 
     `nearest`: the collection's certified search (`Bank.nearest`); `row_norm`: the largest norm
-    of its rows (the manifest's)."""
-    from ucl_cli.bridge.candidate_sources import Leaders
+    of its rows (the manifest's); `identity`: what names the collection's vectors and index, so
+    that the per-list table (`list_search`) is saved for the next query. An IVF collection whose
+    table fits is searched list by list; any other from the bank rows that carry the weight."""
+    from ucl_cli.bridge.list_search import ListSearch, list_table, table_fits
 
     device = settings.device
     tempered = bridge.tempered(settings.calibration)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
+    bank_rows = len(tempered.query_side.bank)
+    if table_fits(bank_rows, nearest.lists()):
+        groups, lists = nearest.row_groups()
+        by_lists = ListSearch(
+            tempered,
+            vectors,
+            list_table(
+                tempered.candidate_side.bank,
+                vectors,
+                groups,
+                lists,
+                row_norm,
+                device=device,
+                identity=identity,
+            ),
+            keep=min(keep, len(vectors)),
+            max_heavy=min(settings.max_nearest_rows, bank_rows),
+            error=value_error(tempered, queries, row_norm),
+            peak=largest_path(tempered, queries, row_norm),
+            device=device,
+            row_norm=row_norm,
+        )
+        found = by_lists.all(query_side_values(q, tempered.query_side, device), q)
+        return _joined(found)
     search = _Search(
         tempered,
         vectors,
         nearest,
         keep=min(keep, len(vectors)),
         max_heavy=min(settings.max_nearest_rows, len(tempered.query_side.bank)),
-        error=_value_error(tempered, queries, row_norm),
-        peak=_largest_path(tempered, queries, row_norm),
+        error=value_error(tempered, queries, row_norm),
+        peak=largest_path(tempered, queries, row_norm),
         # no product <b2_m, c> exceeds this: what a row outside the heavy set may contribute
         reach=tempered.candidate_side.scale
         * tempered.candidate_side.row_norm
@@ -107,8 +137,14 @@ def certified_collection_top(
         device=device,
         row_norm=row_norm,
     )
-    left = _left(q, tempered.query_side, device)  # [N, M] float32
-    found = search.all(q, left)
+    left = query_side_values(q, tempered.query_side, device)  # [N, M] float32
+    return _joined(search.all(q, left))
+
+
+def _joined(found: list):
+    """One `Leaders` of N queries from each query's own."""
+    from ucl_cli.bridge.candidate_sources import Leaders
+
     return Leaders(
         torch.cat([f.values for f in found]),
         torch.cat([f.ids for f in found]),
@@ -236,10 +272,10 @@ class _Search:
         chunk = max(1024, EXACT_CHUNK_ELEMENTS // bank_size)
         kept = None
         for start in range(0, len(self.vectors), chunk):
-            scored = _exact_scores(
+            scored = exact_scores(
                 self.bridge, q, self.vectors[start : start + chunk], self.device
             )
-            slack = _float64_slack(scored, self.peak, bank_size)
+            slack = float64_slack(scored, self.peak, bank_size)
             ids = torch.arange(start, start + scored.shape[1], device=self.device)[None]
             unseen = torch.full((1,), -math.inf, dtype=torch.float64, device=self.device)
             fresh = Leaders(scored, ids, scored - slack, scored + slack, unseen)
@@ -253,7 +289,7 @@ class _QueryState:
     def __init__(self, search: _Search, q: torch.Tensor, left: torch.Tensor, t: int):
         self.search, self.q, self.left, self.t = search, q, left, t
         self.left64 = left.double()
-        self.scored = _ScoredRows(search, q)
+        self.scored = ScoredRows(search, q)
 
     def heavy_rows(self) -> np.ndarray:
         """The query's t heaviest bank rows, heaviest first."""
@@ -344,7 +380,7 @@ def _bounded_rows(state: _QueryState, found, heavy, ceilings, through_others, lo
     retrieved = np.unique(np.concatenate([f.rows for f in found]))
     if len(found) * len(retrieved) > BOUND_MATRIX_ELEMENTS:  # too many to bound: score them all
         values, ids = state.scored.of(retrieved)
-        slack = _float64_slack(values, search.peak, state.left.shape[1])
+        slack = float64_slack(values, search.peak, state.left.shape[1])
         return values, ids, values - slack, values + slack
     known = np.full((len(found), len(retrieved)), np.nan)
     for i, f in enumerate(found):
@@ -362,7 +398,7 @@ def _bounded_rows(state: _QueryState, found, heavy, ceilings, through_others, lo
     lower = torch.logsumexp(below, dim=0) - log_m - search.error
     reachable = upper >= lower.topk(min(search.keep, len(retrieved))).values[-1]
     values, ids = state.scored.of(retrieved[reachable.cpu().numpy()])
-    exact_slack = _float64_slack(values, search.peak, state.left.shape[1])
+    exact_slack = float64_slack(values, search.peak, state.left.shape[1])
     scored = torch.from_numpy(np.isin(retrieved, ids.cpu().numpy())).to(device)
     only_bounded = ~scored
     bounded_ids = torch.from_numpy(retrieved).to(device)[only_bounded]
@@ -374,11 +410,11 @@ def _bounded_rows(state: _QueryState, found, heavy, ceilings, through_others, lo
     )
 
 
-class _ScoredRows:
+class ScoredRows:
     """Exact scores of collection rows for one query, each row scored once per search."""
 
-    def __init__(self, search: _Search, q: torch.Tensor):
-        self.search, self.q = search, q
+    def __init__(self, search: _Search, q: torch.Tensor, banks: Float64Bank | None = None):
+        self.search, self.q, self.banks = search, q, banks
         self.ids = np.empty(0, dtype=np.int64)
         self.values = torch.empty((1, 0), dtype=torch.float64, device=search.device)
 
@@ -387,21 +423,48 @@ class _ScoredRows:
         fresh = np.setdiff1d(rows, self.ids)
         if len(fresh):
             search = self.search
-            values = _exact_scores(search.bridge, self.q, search.vectors[fresh], search.device)
+            rows = search.vectors[fresh]
+            values = exact_scores(search.bridge, self.q, rows, search.device, self.banks)
             self.ids = np.concatenate([self.ids, fresh])
             self.values = torch.cat([self.values, values], dim=1)
         return self.values, torch.from_numpy(self.ids).to(self.search.device)
 
 
-def _exact_scores(
-    bridge: Bridge, q: torch.Tensor, candidates: np.ndarray, device: str
+@dataclass(frozen=True)
+class Float64Bank:
+    """Both sides of a bank in float64 on the device, made once for the many small exact
+    scorings of one search (a bank of up to FLOAT64_BANK_ELEMENTS values; larger ones are
+    converted a chunk at a time, per scoring)."""
+
+    query_rows: torch.Tensor
+    candidate_rows: torch.Tensor
+
+    @classmethod
+    def of(cls, bridge: Bridge, device: str) -> Float64Bank | None:
+        query_bank, candidate_bank = bridge.query_side.bank, bridge.candidate_side.bank
+        if query_bank.size + candidate_bank.size > FLOAT64_BANK_ELEMENTS:
+            return None
+        return cls(
+            torch.from_numpy(np.array(query_bank, np.float64)).to(device),
+            torch.from_numpy(np.array(candidate_bank, np.float64)).to(device),
+        )
+
+
+def exact_scores(
+    bridge: Bridge,
+    q: torch.Tensor,
+    candidates: np.ndarray,
+    device: str,
+    banks: Float64Bank | None = None,
 ) -> torch.Tensor:
     """The bridge scores of the retrieved rows [N, |C|] in float64 (products too): their
     rounding is then far below any gap a certificate relies on, unlike float32's, whose sums
     over M terms drift by up to M ulps. Memory: one [bank chunk, candidate block] product."""
     return torch.cat(
         [
-            _exact_block(bridge, q, candidates[start : start + EXACT_CANDIDATE_BLOCK], device)
+            _exact_block(
+                bridge, q, candidates[start : start + EXACT_CANDIDATE_BLOCK], device, banks
+            )
             for start in range(0, len(candidates), EXACT_CANDIDATE_BLOCK)
         ]
         or [torch.empty((q.shape[0], 0), dtype=torch.float64, device=device)],
@@ -410,7 +473,11 @@ def _exact_scores(
 
 
 def _exact_block(
-    bridge: Bridge, q: torch.Tensor, candidates: np.ndarray, device: str
+    bridge: Bridge,
+    q: torch.Tensor,
+    candidates: np.ndarray,
+    device: str,
+    banks: Float64Bank | None,
 ) -> torch.Tensor:
     from ucl_cli.estimators import combine_partials, partial_bridge_scores
 
@@ -422,22 +489,28 @@ def _exact_block(
     for start in range(0, len(query_side.bank), chunk):
         # float64 copies of the (read-only, memory-mapped) rows: the products are exact to
         # float64 rounding
-        rows1 = torch.from_numpy(np.array(query_side.bank[start : start + chunk], np.float64))
-        rows2 = torch.from_numpy(np.array(candidate_side.bank[start : start + chunk], np.float64))
+        if banks is not None:
+            rows1 = banks.query_rows[start : start + chunk]
+            rows2 = banks.candidate_rows[start : start + chunk]
+        else:
+            rows1 = torch.from_numpy(np.array(query_side.bank[start : start + chunk], np.float64))
+            rows2 = torch.from_numpy(
+                np.array(candidate_side.bank[start : start + chunk], np.float64)
+            )
         left = query_side.scale * (q64 @ rows1.to(device).T)
         right = candidate_side.scale * (rows2.to(device) @ c64.T)
         parts.append(partial_bridge_scores(left, right))
     return combine_partials(parts)
 
 
-def _float64_slack(scored: torch.Tensor, peak: float, bank_size: int) -> torch.Tensor:
+def float64_slack(scored: torch.Tensor, peak: float, bank_size: int) -> torch.Tensor:
     """A generous bound on the float64 route's error: 64 ulps of every magnitude it passed
     through (the products, up to `peak`; the sum, up to log M above the score)."""
     eps = torch.finfo(torch.float64).eps
     return 64 * eps * (scored.abs() + peak + math.log(max(bank_size, 1)) + 1.0)
 
 
-def _largest_path(bridge: Bridge, queries: np.ndarray, row_norm: float) -> float:
+def largest_path(bridge: Bridge, queries: np.ndarray, row_norm: float) -> float:
     """The largest |s1 <a, b1> + s2 <b2, c>| any path can take (Cauchy-Schwarz)."""
     from ucl_cli.bank.norms import largest_row_norm
 
@@ -449,7 +522,7 @@ def _largest_path(bridge: Bridge, queries: np.ndarray, row_norm: float) -> float
     )
 
 
-def _left(q: torch.Tensor, side, device: str) -> torch.Tensor:
+def query_side_values(q: torch.Tensor, side, device: str) -> torch.Tensor:
     """s1 <a, b1_m> [N, M] in float32, as every other path value is computed."""
     from ucl_cli.bridge.scoring import _full_left
 
@@ -467,7 +540,7 @@ def _unseen_terms(
     return through_heavy, through_others
 
 
-def _value_error(bridge: Bridge, queries: np.ndarray, row_norm: float) -> float:
+def value_error(bridge: Bridge, queries: np.ndarray, row_norm: float) -> float:
     """How far the float32 products behind a score may be from the exact ones (both sides)."""
     from ucl_cli.bank.norms import largest_row_norm
 

@@ -21,6 +21,7 @@ class Listener:
     on_query_skip: Callable[[InputFileError], None] | None = None  # a query left out
     on_stage: Callable[[str, int], None] | None = None  # (description, total steps)
     on_advance: Callable[[int], None] | None = None
+    on_note: Callable[[str], None] | None = None  # a fact about how the run goes (plain text)
 
     def stage(self, text: str, total: int) -> None:
         if self.on_stage is not None:
@@ -29,3 +30,7 @@ class Listener:
     def advance(self, steps: int) -> None:
         if self.on_advance is not None:
             self.on_advance(steps)
+
+    def note(self, text: str) -> None:
+        if self.on_note is not None:
+            self.on_note(text)

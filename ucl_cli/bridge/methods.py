@@ -123,11 +123,17 @@ class Bridge:
         query_model: Encoder,
         candidate_model: Encoder,
         rows: np.ndarray | None = None,
+        *,
+        device: str = "cpu",
     ) -> Bridge:
-        """The whole bank (`rows` None) or a sub-bank of its rows, through the two models."""
+        """The whole bank (`rows` None) or a sub-bank of its rows, through the two models;
+        `topk`'s searches of it run on `device` when FAISS can (`ucl_cli.bank.placement`)."""
         from ucl_cli.bridge.sides import bank_side
 
-        return cls(bank_side(bank, query_model, rows), bank_side(bank, candidate_model, rows))
+        return cls(
+            bank_side(bank, query_model, rows, device),
+            bank_side(bank, candidate_model, rows, device),
+        )
 
 
 @dataclass(frozen=True)
@@ -239,7 +245,11 @@ def _lse(
     top: int,
 ) -> Scores:
     from ucl_cli.bridge.scoring import lse_scores
+    from ucl_cli.distributed.rows import cluster_lse  # NumPy only: no Ray unless --cluster
 
+    on_cluster = cluster_lse(bridge, queries, candidates, settings.calibration)
+    if on_cluster is not None:  # the bank's rows are summed by the actors holding its shards
+        return on_cluster
     return lse_scores(
         bridge, queries, candidates, device=settings.device, calibration=settings.calibration
     )

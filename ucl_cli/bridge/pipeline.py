@@ -78,6 +78,7 @@ class Hit:
     bridge: tuple[BridgeWeight, ...] = ()
     effective_sample_size: float | None = None
     collection: str | None = None  # the collection the candidate is a row of (None: a file)
+    row: int | None = None  # its row in that collection (`ucl serve` streams a hit by it)
 
 
 @dataclass(frozen=True)
@@ -288,14 +289,21 @@ def _search_sources(
         )
         if embedded.paths:
             sources.append(file_source(embedded.paths, embedded.vectors))
-    sources += [collection_source(collection, candidate_model) for collection in collections]
+    device = options.scoring.device
+    sources += [collection_source(c, candidate_model, device) for c in collections]
     if not sources:
         raise UsageError("every candidate file was skipped: nothing to rank")
     total = sum(len(source) for source in sources)
     if collections:
         names = ", ".join(collection.name for collection in collections)
         listener.stage(f"scoring {total:,} candidates (collections {names})", total)
-    bridge = Bridge.of(bank, query_model, candidate_model)
+    if direction.method.certifies:
+        from ucl_cli.bank.placement import gpu_unavailable
+
+        reason = gpu_unavailable(device)
+        if reason is not None:
+            listener.note(f"FAISS searches run on the CPU: {reason}")
+    bridge = Bridge.of(bank, query_model, candidate_model, device=device)
     queries = query_embeddings.vectors
     ranked = rank_sources(
         direction.method,
@@ -343,6 +351,7 @@ def _search_sources(
                     bridge=weights,
                     effective_sample_size=ess,
                     collection=source.collection,
+                    row=None if source.collection is None else int(ranked.row[n, position]),
                 )
             )
         results.append(

@@ -15,14 +15,17 @@ from ucl_cli.bridge.methods import BridgeSide
 from ucl_cli.encoders.base import Encoder
 
 
-def bank_side(bank: Bank, encoder: Encoder, rows: np.ndarray | None) -> BridgeSide:
+def bank_side(
+    bank: Bank, encoder: Encoder, rows: np.ndarray | None, device: str = "cpu"
+) -> BridgeSide:
     """The whole bank (memory-mapped, searched by its own FAISS index) when `rows` is None;
     otherwise those rows copied into memory with an exact inner-product index of their own.
-    Either search certifies the rows it did not return, as `topk` needs, and is made on first
-    search only: the other methods never read an index."""
+    Either search certifies the rows it did not return, as `topk` needs, runs on `device` when
+    FAISS can, and is made on first search only: the other methods never read an index."""
     max_norm = bank.row_norm(encoder.key)  # what the manifest records: no pass over the rows
     if rows is None:
-        nearest = bank.nearest(encoder.key)
+        nearest = bank.nearest(encoder.key, device)
         return BridgeSide(bank.vectors(encoder.key), encoder.logit_scale, nearest, max_norm)
     matrix = np.ascontiguousarray(bank.vectors(encoder.key)[rows], dtype=np.float32)
-    return BridgeSide(matrix, encoder.logit_scale, flat_nearest(matrix, max_norm), max_norm)
+    nearest = flat_nearest(matrix, max_norm, device)
+    return BridgeSide(matrix, encoder.logit_scale, nearest, max_norm)

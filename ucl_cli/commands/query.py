@@ -299,7 +299,7 @@ def query(
         ),
     )
 
-    def on_cache_warning(text: str) -> None:
+    def say_warning(text: str) -> None:
         console.print(f"[yellow]ucl:[/] {escape(text)}", soft_wrap=True)
 
     from contextlib import ExitStack
@@ -309,7 +309,7 @@ def query(
     with (
         opened,
         ExitStack() as held,
-        open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
+        open_cache(enabled=not no_cache, on_warning=say_warning) as cache,
         console.status("scoring") as status,
     ):
         libraries = [
@@ -322,6 +322,7 @@ def query(
             on_skip=on_skip,
             on_query_skip=on_query_skip,
             on_stage=lambda text, _total: status.update(escape(text)),
+            on_note=say_warning,
         )
         report = search_inputs(
             inputs,

@@ -231,7 +231,7 @@ def _measure(
     steps = len(through_bank) * len(sizes) + len(once)
     listener.stage(f"scoring {len(trials)} trials of {trials.shape[1]} candidates", steps)
     results = []
-    whole = Bridge.of(bank, *models)
+    whole = Bridge.of(bank, *models, device=settings.device)
     for method in once:
         scorer = method_scorer(method, whole, settings, top)
         forced = method.forced(*models, settings)
@@ -240,7 +240,7 @@ def _measure(
     rows_by_size = sub_bank_rows(plan.usable, sizes, options.seed)
     for size in sizes:
         rows = None if size == len(bank) else rows_by_size[size]
-        bridge = whole if rows is None else Bridge.of(bank, *models, rows)
+        bridge = whole if rows is None else Bridge.of(bank, *models, rows, device=settings.device)
         for method in through_bank:
             scorer = method_scorer(method, bridge, settings, top)
             results.append(_result(method, size, scorer, embedded, trials, options))
