@@ -109,13 +109,14 @@ def bench_million(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     rank_sources(
         method_named("topk"), bridge, near(centres_a[covered[:1]], args.match, rng), [searched],
-        ScoringSettings(), 10,
+        ScoringSettings(device=args.device), 10,
     )
     print(f"one-off, first topk query (IVF scan + per-list table): "
           f"{time.perf_counter() - started:.1f} s\n")
     print("| queries | lse (streamed) | topk (index) | lse / topk | top 10 certified | "
           "equal to exact top 10 |")
     print("|---|---|---|---|---|---|")
+    settings = ScoringSettings(device=args.device)
     runs = [(str(count), rng.choice(covered, size=count)) for count in args.queries]
     if len(uncovered):
         runs.append(("1, about a concept no bank row covers", uncovered[:1]))
@@ -123,13 +124,13 @@ def bench_million(args: argparse.Namespace) -> None:
         queries = near(centres_a[concepts], args.match, rng)
         t_topk, approx = best_of(
             lambda q=queries: rank_sources(
-                method_named("topk"), bridge, q, [searched], ScoringSettings(), 10
+                method_named("topk"), bridge, q, [searched], settings, 10
             ),
             args.repeats,
         )
         t_lse, exact = best_of(
             lambda q=queries: rank_sources(
-                method_named("lse"), bridge, q, [streamed], ScoringSettings(), 10
+                method_named("lse"), bridge, q, [streamed], settings, 10
             ),
             1,
         )
@@ -321,6 +322,7 @@ def main() -> None:
     million.add_argument("--queries", type=int, nargs="+", default=[1, 100])
     million.add_argument("--repeats", type=int, default=3)
     million.add_argument("--workdir")
+    million.add_argument("--device", default="cpu", help="cpu or cuda (scoring; FAISS too if GPU)")
     files = sub.add_parser("files")
     files.add_argument("--files", type=int, default=10_000)
     files.add_argument("--bank-size", type=int, default=1054)
