@@ -476,9 +476,13 @@ def test_a_spent_budget_marks_positions_uncertified_but_keeps_valid_bounds(monke
 
 
 @pytest.mark.parametrize("search", SEARCHES)
-def test_weight_spread_over_the_bank_scores_every_row_and_certifies_the_exact_top(search, monkeypatch):
+def test_weight_spread_over_the_bank_scores_every_row_and_certifies_the_exact_top(
+    search, monkeypatch
+):
+    """Weight spread over the whole bank still certifies the exact top: the heavy-row search
+    scores every row when it would retrieve much of the collection; the list walk's table
+    bounds each list through every bank row."""
     use_search(search, monkeypatch)
-    """When the search would retrieve much of the collection, every row is scored exactly."""
     rng = np.random.default_rng(4)
     d = 16
     bridge = _bridge(rng, 400, d, (0.5, 0.5))

@@ -177,6 +177,51 @@ def test_a_moved_file_keeps_its_row_and_a_copy_stays_a_duplicate(library, standi
     assert read_manifest(banks_dir() / "sfx").generation == generation + 1
 
 
+def test_a_file_overwritten_with_new_content_replaces_its_row(library, standins):
+    """The old row describes bytes no longer at its path: a hit on it would name a file it does
+    not match. Re-indexing the library drops it (no --prune needed) and embeds the new bytes."""
+    assert ucl("index", "--modality", "audio", library, "-b", "sfx").exit_code == 0
+    old_key = file_key(library / "bell.oga")
+    shutil.copy(sample(FREEDESKTOP_SOUNDS / "complete.oga"), library / "bell.oga")
+    standins["embedded"].clear()
+    result = ucl("index", "--modality", "audio", library, "-b", "sfx")
+    assert result.exit_code == 0, result.output
+    assert standins["embedded"] == [1]
+    assert (
+        "added 1 item, dropped the old row of 1 overwritten file, skipped 2 already in the bank; "
+        "3 items in total"
+    ) in said(result)
+    rows = rows_by_key(banks_dir() / "sfx")
+    assert old_key not in rows
+    item, _ = rows[file_key(library / "bell.oga")]
+    assert item.item_id == str((library / "bell.oga").resolve())
+    assert sorted(Path(item.item_id).name for item, _ in rows.values()) == sorted(SOUNDS)
+
+
+@pytest.mark.parametrize("copy_first", [True, False], ids=["copy read first", "copy read last"])
+def test_an_overwritten_files_old_content_kept_elsewhere_moves_its_row_there(
+    library, standins, copy_first
+):
+    """bell.oga copied to another name, then overwritten: the old row follows its bytes to the
+    copy, whichever of the two files the run reads first, and nothing is embedded twice."""
+    assert ucl("index", "--modality", "audio", library, "-b", "sfx").exit_code == 0
+    before = rows_by_key(banks_dir() / "sfx")
+    old_key = file_key(library / "bell.oga")
+    copy = library / ("a bell.oga" if copy_first else "z bell.oga")  # the walk reads by name
+    shutil.copy(library / "bell.oga", copy)
+    shutil.copy(sample(FREEDESKTOP_SOUNDS / "complete.oga"), library / "bell.oga")
+    standins["embedded"].clear()
+    result = ucl("index", "--modality", "audio", library, "-b", "sfx")
+    assert result.exit_code == 0, result.output
+    assert standins["embedded"] == [1]  # only the new bytes of bell.oga
+    rows = rows_by_key(banks_dir() / "sfx")
+    item, vector = rows[old_key]
+    assert item.item_id == str(copy.resolve())
+    np.testing.assert_array_equal(vector, before[old_key][1])
+    assert rows[file_key(library / "bell.oga")][0].item_id == str((library / "bell.oga").resolve())
+    assert len(rows) == 4
+
+
 def test_prune_drops_the_rows_of_deleted_files_and_keeps_the_others(library, standins):
     assert ucl("index", "--modality", "audio", library, "-b", "sfx").exit_code == 0
     before = rows_by_key(banks_dir() / "sfx")

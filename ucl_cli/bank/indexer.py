@@ -55,6 +55,7 @@ class IndexReport:
     resumed: int = 0  # rows an interrupted run had embedded, published by this one
     moved: int = 0  # collections: rows whose file was found under a new path (not re-embedded)
     pruned: int = 0  # collections: rows dropped because their file is gone
+    replaced: int = 0  # collections: rows dropped because their file now holds other content
     total: int = 0
     seconds: float = 0.0
 
@@ -120,6 +121,8 @@ def index_items(
                 with contextlib.suppress(Exception):  # the rows stay staged for the next run
                     _publish(writer, listener)
             raise
+        if gone is not None:
+            report.replaced = gone.drop_replaced()
         if options.prune and gone is not None:
             report.pruned = gone.prune()
         report.total = _publish(writer, listener)
@@ -215,7 +218,8 @@ def _new_batches(
 
     The caller adds each batch to `writer` before asking for the next, so the writer's keys plus
     those accepted since the current chunk was looked up cover every item seen. A held file
-    whose row's path is `gone` is a moved file: its row takes the new path.
+    whose row's path is `gone` is a moved file: its row takes the new path; every file read is
+    shown to `gone`, which finds the rows of files overwritten since they were indexed.
     """
     batch: list[BankItem] = []
     this_run = KeySet()  # keys of the batches handed out, to tell repeats from old rows
@@ -227,6 +231,8 @@ def _new_batches(
         accepted = {item.key for item in batch}  # the partial batch is not in the writer yet
         before = report.duplicates + report.moved
         for item, seen, repeat in zip(chunk, known, again, strict=True):
+            if gone is not None:
+                gone.observe(item)
             if seen and gone is not None and gone.relocate(item):
                 report.moved += 1
                 continue

@@ -1,7 +1,8 @@
 """`ucl index`: embed a bridge corpus (texts) or a collection (image or audio files) into a bank.
 
 A collection is embedded only by the models that embed its files; rerunning it on a library
-finds moved files (their rows take the new path) and `--prune` drops the rows of deleted ones.
+finds moved files (their rows take the new path), replaces the rows of overwritten ones, and
+`--prune` drops the rows of deleted ones.
 
 Progress, warnings and the closing summary go to stderr; stdout stays empty. Everything heavy
 (torch, FAISS, the models) is imported inside the command so that `ucl --help` stays fast.
@@ -176,7 +177,7 @@ def index(
     if (cut := fit.message()) is not None:
         console.print(f"[yellow]ucl:[/] {escape(cut)}", soft_wrap=True)
     console.print(_summary(bank, modality, report, view), soft_wrap=True)
-    if report.added or report.resumed or report.moved or report.pruned:
+    if report.added or report.resumed or report.moved or report.pruned or report.replaced:
         _save_index_scans(bank_dir)
 
 
@@ -270,6 +271,9 @@ def _summary(
         done.append(f"kept {report.resumed:,} rows from an interrupted run")
     if report.moved:
         done.append("updated " + plural(report.moved, "moved file's path", "moved files' paths"))
+    if report.replaced:
+        rows = "row" if report.replaced == 1 else "rows"
+        done.append(f"dropped the old {rows} of {plural(report.replaced, 'overwritten file')}")
     if not indexed or report.pruned:
         gone = "row whose file is gone" if report.pruned == 1 else "rows whose files are gone"
         done.append(f"removed {report.pruned:,} {gone}")
