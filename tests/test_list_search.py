@@ -5,6 +5,8 @@ test_collection_query.py, for this search and the heavy-row one.)"""
 
 from __future__ import annotations
 
+import json
+
 import faiss
 import numpy as np
 import planted_backend as planted
@@ -31,6 +33,7 @@ from ucl_cli.bridge import list_search
 from ucl_cli.bridge.candidate_sources import CandidateSource, rank_sources
 from ucl_cli.bridge.list_search import list_table
 from ucl_cli.bridge.methods import ScoringSettings, method_named
+from ucl_cli.cli import app
 
 TEXT_AUDIO = "planted:text-audio"
 
@@ -147,9 +150,16 @@ def test_topk_over_an_ivf_collection_through_the_cli_equals_lse_and_saves_its_ta
         IndexOptions(modality="audio", faiss_index="IVF2,Flat"),
     )
     image = media_dir / "images" / "concept3.png"
-    certified = query(runner, image, "--collection", "sfx", "--bank", bank, "--method", "topk")
+    args = ["query", "--device", "cpu", "--format", "jsonl", str(image), "--collection", "sfx"]
+    first = runner.invoke(app, [*args, "--bank", bank, "--method", "topk"])
+    assert first.exit_code == 0, first.output
+    assert "bounding the collection's lists for this bank" in " ".join(first.stderr.split())
+    certified = [json.loads(line) for line in first.stdout.splitlines()]
     exact = query(runner, image, "--collection", "sfx", "--bank", bank, "--method", "lse")
     assert [hit["candidate"] for hit in certified] == [hit["candidate"] for hit in exact]
     assert certified[0]["candidate"].endswith("concept3.wav")
     assert certified[0]["certified"], "the other concepts tie exactly: only the leader is proven"
     assert len(list(config.index_bounds_dir().glob("lists-*.npy"))) == 1
+    again = runner.invoke(app, [*args, "--bank", bank, "--method", "topk"])
+    assert "bounding" not in again.stderr  # read back, not made again
+    assert [json.loads(line) for line in again.stdout.splitlines()] == certified

@@ -103,12 +103,14 @@ def rank_sources(
     *,
     chunk_rows: int | None = None,
     on_advance: Callable[[int], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> RankedCandidates:
     """Score every row of every source for each query and keep the best `top` (None: all).
 
     Exact methods keep exact scores, so the result is the exact top `top`, ties broken by the
     order of the sources and rows. `topk` keeps bounds and certifies the union (module doc).
-    `on_advance` hears the rows scored after each chunk."""
+    `on_advance` hears the rows scored after each chunk, `on_note` one-off work (a collection's
+    list bounds being made)."""
     total = sum(len(source) for source in sources)
     if total == 0:
         raise UsageError("no candidates to rank: the collections and files given are empty")
@@ -130,6 +132,7 @@ def rank_sources(
                 keep,
                 settings,
                 identity=source.identity,
+                on_note=on_note,
             )
             found = replace(found, ids=found.ids + int(offsets[s]))
             kept = found if kept is None else kept.merged(found, keep)

@@ -39,6 +39,7 @@ retrieved has not been given; `rank_sources` streams those over the collection i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,10 @@ BOUND_MATRIX_ELEMENTS = 1 << 24
 NPROBE_GROWTH = 16
 SCAN_CHUNK_ROWS = 1 << 16
 SCAN_ALL_FROM_ROWS = 8
+TABLE_NOTE = (
+    "bounding the collection's lists for this bank: one pass over the collection, saved for "
+    "later topk queries"
+)
 
 
 def certified_collection_top(
@@ -84,14 +89,16 @@ def certified_collection_top(
     keep: int,
     settings: ScoringSettings,
     identity: str | None = None,
+    on_note: Callable[[str], None] | None = None,
 ):
     """The `keep` best rows of the collection `vectors` for each query, with bounds and the
     ceiling of every row not returned (a `candidate_sources.Leaders` of collection rows).
 
     `nearest`: the collection's certified search (`Bank.nearest`); `row_norm`: the largest norm
     of its rows (the manifest's); `identity`: what names the collection's vectors and index, so
-    that the per-list table (`list_search`) is saved for the next query. An IVF collection whose
-    table fits is searched list by list; any other from the bank rows that carry the weight."""
+    that the per-list table (`list_search`) is saved for the next query (`on_note` hears when it
+    is made). An IVF collection whose table fits is searched list by list; any other from the
+    bank rows that carry the weight."""
     from ucl_cli.bridge.list_search import ListSearch, list_table, table_fits
 
     device = settings.device
@@ -111,6 +118,7 @@ def certified_collection_top(
                 row_norm,
                 device=device,
                 identity=identity,
+                on_build=None if on_note is None else lambda: on_note(TABLE_NOTE),
             ),
             keep=min(keep, len(vectors)),
             max_heavy=min(settings.max_nearest_rows, bank_rows),

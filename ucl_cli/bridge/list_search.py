@@ -36,6 +36,7 @@ import math
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,10 +89,12 @@ def list_table(
     *,
     device: str = "cpu",
     identity: str | None = None,
+    on_build: Callable[[], None] | None = None,
 ) -> ListTable:
     """The table for bank rows `bank` [M, d] and the collection `vectors` [C, d] split into
     `lists` by `groups` [C]. With an `identity` (what names the collection's vectors and lists)
-    it is saved, and read back by the next query through the same bank."""
+    it is saved, and read back by the next query through the same bank. `on_build` hears that
+    the table is being made (a pass over the collection) rather than read."""
     from ucl_cli import config
 
     order = np.argsort(groups, kind="stable")
@@ -103,6 +106,8 @@ def list_table(
         path = config.index_bounds_dir() / f"lists-{digest.hexdigest()}.npy"
     raw = _load(path, (len(bank), lists))
     if raw is None:
+        if on_build is not None:
+            on_build()
         raw = _maxima(bank, vectors, groups, lists, device)
         _save(path, raw)
     # No exact product exceeds a computed one by more than gamma_d |b2_m| |c|.

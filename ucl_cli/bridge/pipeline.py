@@ -313,6 +313,7 @@ def _search_sources(
         options.scoring,
         options.top,
         on_advance=listener.on_advance if collections else None,  # files: no stage of its own
+        on_note=listener.note,
     )
     report.candidates = ranked.total
     shown = ranked.values.shape[1]
