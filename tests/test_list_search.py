@@ -163,3 +163,6 @@ def test_topk_over_an_ivf_collection_through_the_cli_equals_lse_and_saves_its_ta
     again = runner.invoke(app, [*args, "--bank", bank, "--method", "topk"])
     assert "bounding" not in again.stderr  # read back, not made again
     assert [json.loads(line) for line in again.stdout.splitlines()] == certified
+    cleared = runner.invoke(app, ["cache", "clear"])
+    assert "1 collection list table" in " ".join(cleared.stderr.split())
+    assert not list(config.index_bounds_dir().glob("lists-*.npy"))

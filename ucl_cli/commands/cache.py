@@ -1,5 +1,6 @@
 """`ucl cache info` and `ucl cache clear [--model KEY]`: look at and empty the embedding cache
-(and, clearing everything, the index scans that `ucl query --method topk` saves).
+(and, clearing everything, the index scans and collection list tables that `ucl query --method
+topk` saves).
 
 Results (a table on a terminal, JSON lines in a pipe) go to stdout, messages to stderr. The cache
 module is imported inside the commands so that `ucl --help` stays fast.
@@ -31,7 +32,7 @@ INFO_EXAMPLES = examples(
     ("ucl cache info --format jsonl | jq .vectors", "for scripts"),
 )
 CLEAR_EXAMPLES = examples(
-    ("ucl cache clear", "every cached vector and the saved index scans"),
+    ("ucl cache clear", "every cached vector and the saved index bounds"),
     ("ucl cache clear --model clap:630k-audioset-best", "one model's vectors only"),
 )
 
@@ -125,7 +126,7 @@ def clear(
 ) -> None:
     """Delete cached embeddings (all, or one model's); they are recomputed when next needed.
 
-    Without --model, also delete the saved index scans that `--method topk` keeps."""
+    Without --model, also delete the index bounds `--method topk` saves (scans, list tables)."""
     from ucl_cli.cache import EmbeddingCache
 
     path = config.cache_path()
@@ -149,13 +150,20 @@ def clear(
 
 
 def _clear_index_scans(messages: Console) -> None:
-    scans = sorted(config.index_bounds_dir().glob("*.npz"))
-    for scan in scans:
-        scan.unlink(missing_ok=True)
+    """The bounds `topk` saves beside the indexes: each IVF index's scan and each collection's
+    list table for a bank. Derived data: the next query makes what it needs again."""
+    folder = config.index_bounds_dir()
+    scans = sorted(folder.glob("*.npz"))
+    tables = sorted(folder.glob("lists-*.npy"))
+    for path in [*scans, *tables]:
+        path.unlink(missing_ok=True)
+    said = []
     if scans:
-        where = escape(str(config.index_bounds_dir()))
-        plural = "" if len(scans) == 1 else "s"
-        messages.print(f"removed {len(scans):,} saved index scan{plural} from {where}")
+        said.append(f"{len(scans):,} saved index scan{'' if len(scans) == 1 else 's'}")
+    if tables:
+        said.append(f"{len(tables):,} collection list table{'' if len(tables) == 1 else 's'}")
+    if said:
+        messages.print(f"removed {' and '.join(said)} from {escape(str(folder))}")
 
 
 def _ignore(message: str) -> None:
