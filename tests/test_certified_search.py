@@ -192,3 +192,24 @@ def test_an_ivf_index_behind_a_transform_is_refused():
     index.add(bank)
     with pytest.raises(UsageError, match="topk cannot certify a search through"):
         CertifiedNearest(index, bank)
+
+
+def test_concurrent_searches_of_one_index_keep_their_own_certificates():
+    """A warm server searches one shared index from many threads, each with its own number of
+    lists: no search may visit other lists than its certificate counts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bank, queries = clustered_bank(rows=6000, clusters=40)
+    search = CertifiedNearest(ivf_index(bank, 32), bank)
+    exact = queries.astype(np.float64) @ bank.astype(np.float64).T
+
+    def check(nprobe: int) -> bool:
+        found = search(queries, 10, nprobe)
+        for q in range(len(queries)):
+            unreturned = np.setdiff1d(np.arange(len(bank)), found.rows[q])
+            if exact[q, unreturned].max() > found.ceiling[q]:
+                return False
+        return True
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(check, [1, 32, 2, 16, 1, 4, 32, 1] * 6))

@@ -361,20 +361,17 @@ def _search_lists(
     t: int,
     nprobe: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Search visiting `nprobe` lists: (values, rows, visited lists [R, nprobe]); the index's own
-    nprobe setting is left as it was. On a GPU the lists are named to the search (`placement`):
+    """Search visiting `nprobe` lists: (values, rows, visited lists [R, nprobe]). The count goes
+    with the call, never into the shared index (a server's concurrent searches would change it
+    under each other's certificates). On a GPU the lists are named to the search (`placement`):
     its own coarse search could choose others at a near tie."""
     if placed.on_gpu:
         products, probed = ivf.quantizer.search(queries, nprobe)
         values, rows = placed.search_lists(queries, t, probed, products)
         return values, rows, probed
-    index = placed.cpu
-    before = ivf.nprobe
-    ivf.nprobe = nprobe
-    try:
-        values, rows = index.search(queries, t)
-    finally:
-        ivf.nprobe = before
+    params = faiss_module().SearchParametersIVF()
+    params.nprobe = nprobe
+    values, rows = placed.cpu.search(queries, t, params=params)
     # The lists FAISS visited are the quantizer's nprobe nearest (FAISS's own search_preassigned
     # with our assignment measured 1.6x slower than this second, small quantizer search).
     _, probed = ivf.quantizer.search(queries, nprobe)

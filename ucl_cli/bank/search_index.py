@@ -100,8 +100,13 @@ def search(
             f"queries have shape {tuple(queries.shape)}; the bank index expects [N, {index.d}]"
         )
     if nprobe is not None:
+        faiss = faiss_module()
+        if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+            params = faiss.SearchParametersIVF()
+            params.nprobe = nprobe  # for this call only: the index may be shared by threads
+            return index.search(queries, k, params=params)
         with contextlib.suppress(RuntimeError):  # not an inverted file: nprobe does not apply
-            faiss_module().extract_index_ivf(index).nprobe = nprobe
+            faiss.extract_index_ivf(index).nprobe = nprobe  # wrapped (PCA, OPQ): set on it
     return index.search(queries, k)
 
 

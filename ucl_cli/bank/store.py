@@ -73,6 +73,7 @@ class Bank:
         self._verified: set[str] = set(handles) if verified else set()
         self._vectors: dict[int, np.ndarray] = {}
         self._indexes: dict[int, faiss.Index] = {}
+        self._nearest: dict[tuple[int, str], LazyNearest] = {}
         self._offsets: np.ndarray | None = None
 
     @property
@@ -173,7 +174,10 @@ class Bank:
         from ucl_cli.bank.nearest import DEFAULT_NPROBE, CertifiedNearest, LazyNearest, scan_path
         from ucl_cli.bank.placement import place_index
 
-        key = self.models[self.position(model)].key
+        position = self.position(model)
+        if (position, device) in self._nearest:  # a warm process (ucl serve) searches it again
+            return self._nearest[(position, device)]
+        key = self.models[position].key
         max_norm = self.row_norm(key)  # what the manifest records: no pass over the rows
         vectors, scan_cache = self.vectors(key), scan_path(self, key)
 
@@ -184,7 +188,8 @@ class Bank:
                 index, vectors, DEFAULT_NPROBE, scan_cache, max_norm, device_copy=copy
             )
 
-        return LazyNearest(search)
+        self._nearest[(position, device)] = LazyNearest(search)
+        return self._nearest[(position, device)]
 
     def content_key(self, model: ModelRef) -> str | None:
         """What names one model's vectors and index by content (the manifest's SHA-256 of
@@ -238,6 +243,7 @@ class Bank:
         self._handles = {}
         self._vectors.clear()
         self._indexes.clear()
+        self._nearest.clear()
 
     def __enter__(self) -> Bank:
         return self
