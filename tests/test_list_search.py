@@ -83,6 +83,8 @@ def test_a_table_is_saved_and_read_back_for_the_same_bank_and_collection(monkeyp
         raise AssertionError("the saved table should have been read")
 
     monkeypatch.setattr(list_search, "_maxima", no_pass)
+    assert list_table(rows, collection, groups, 4, 1.0, identity="lib:v1") is first  # held
+    monkeypatch.setattr(list_search, "_HELD", {})  # a new process reads the file
     again = list_table(rows, collection, groups, 4, 1.0, identity="lib:v1")
     torch.testing.assert_close(again.maxima, first.maxima)
 
@@ -99,16 +101,18 @@ def test_another_bank_or_another_collection_never_meets_a_saved_table():
     assert len(list(config.index_bounds_dir().glob("lists-*.npy"))) == 3
 
 
-def test_a_damaged_saved_table_is_made_again():
+def test_a_damaged_saved_table_is_made_again(monkeypatch):
     rng = np.random.default_rng(3)
     collection, rows = _unit(rng.standard_normal((500, 8))), _unit(rng.standard_normal((40, 8)))
     groups = ivf_groups(collection, 4)
     made = list_table(rows, collection, groups, 4, 1.0, identity="lib:v1")
     (path,) = config.index_bounds_dir().glob("lists-*.npy")
     path.write_bytes(b"not a table")
+    monkeypatch.setattr(list_search, "_HELD", {})  # as a new process finds it
     again = list_table(rows, collection, groups, 4, 1.0, identity="lib:v1")
     torch.testing.assert_close(again.maxima, made.maxima)
     np.save(path, np.zeros((3, 3), dtype=np.float32))  # a table of another shape
+    monkeypatch.setattr(list_search, "_HELD", {})
     torch.testing.assert_close(
         list_table(rows, collection, groups, 4, 1.0, identity="lib:v1").maxima, made.maxima
     )

@@ -56,6 +56,9 @@ FIRST_LISTS = 2
 FIRST_HEAVY = 64
 EXACT_BUDGET = 4096
 TABLE_CHUNK_ROWS = 1 << 15
+# Tables a process keeps once read (by file), so that a warm server does not read them per query.
+HELD_TABLES = 4
+_HELD: dict[str, ListTable] = {}
 
 
 def table_fits(bank_rows: int, lists: int) -> bool:
@@ -97,13 +100,16 @@ def list_table(
     the table is being made (a pass over the collection) rather than read."""
     from ucl_cli import config
 
-    order = np.argsort(groups, kind="stable")
-    starts = np.searchsorted(groups[order], np.arange(lists + 1))
     path = None
     if identity is not None:
-        digest = hashlib.sha256(f"{TABLE_VERSION}:{identity}:{lists}:".encode())
+        digest = hashlib.sha256(f"{TABLE_VERSION}:{identity}:{lists}:{device}:".encode())
         digest.update(np.ascontiguousarray(bank, dtype=np.float32).tobytes())
         path = config.index_bounds_dir() / f"lists-{digest.hexdigest()}.npy"
+        held = _HELD.get(str(path))
+        if held is not None and path.exists():  # a warm process (ucl serve): no reading again
+            return held
+    order = np.argsort(groups, kind="stable")
+    starts = np.searchsorted(groups[order], np.arange(lists + 1))
     raw = _load(path, (len(bank), lists))
     if raw is None:
         if on_build is not None:
@@ -114,7 +120,12 @@ def list_table(
     norms = np.linalg.norm(np.asarray(bank, dtype=np.float64), axis=1)
     slack = dot_rounding_bound(bank.shape[1]) * norms * row_norm * (1 + 1e-6)
     maxima = torch.from_numpy(raw.astype(np.float64) + slack[:, None]).to(device)
-    return ListTable(maxima, order.astype(np.int64), starts)
+    table = ListTable(maxima, order.astype(np.int64), starts)
+    if path is not None:
+        while len(_HELD) >= HELD_TABLES:
+            _HELD.pop(next(iter(_HELD)))
+        _HELD[str(path)] = table
+    return table
 
 
 def _maxima(
