@@ -58,7 +58,7 @@ EXACT_BUDGET = 4096
 TABLE_CHUNK_ROWS = 1 << 15
 # Tables a process keeps once read (by file), so that a warm server does not read them per query.
 HELD_TABLES = 4
-_HELD: dict[str, ListTable] = {}
+_HELD: dict[tuple[str, str], ListTable] = {}
 
 
 def table_fits(bank_rows: int, lists: int) -> bool:
@@ -102,10 +102,10 @@ def list_table(
 
     path = None
     if identity is not None:
-        digest = hashlib.sha256(f"{TABLE_VERSION}:{identity}:{lists}:{device}:".encode())
+        digest = hashlib.sha256(f"{TABLE_VERSION}:{identity}:{lists}:".encode())
         digest.update(np.ascontiguousarray(bank, dtype=np.float32).tobytes())
         path = config.index_bounds_dir() / f"lists-{digest.hexdigest()}.npy"
-        held = _HELD.get(str(path))
+        held = _HELD.get((str(path), device))
         if held is not None and path.exists():  # a warm process (ucl serve): no reading again
             return held
     order = np.argsort(groups, kind="stable")
@@ -124,7 +124,7 @@ def list_table(
     if path is not None:
         while len(_HELD) >= HELD_TABLES:
             _HELD.pop(next(iter(_HELD)))
-        _HELD[str(path)] = table
+        _HELD[(str(path), device)] = table
     return table
 
 
