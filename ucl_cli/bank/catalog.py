@@ -8,7 +8,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ucl_cli.bank.manifest import MANIFEST_NAME, Manifest, read_manifest
+from ucl_cli.bank.manifest import MANIFEST_NAME, Manifest
+from ucl_cli.bank.shards import ShardedManifest, read_any_manifest
+from ucl_cli.bank.shards import staged_rows as sharded_staged_rows
 from ucl_cli.bank.staging import STAGING_DIR, Staging
 from ucl_cli.config import banks_dir
 from ucl_cli.errors import BankError, UsageError
@@ -90,7 +92,7 @@ class BankSummary:
 
     name: str
     path: Path
-    manifest: Manifest | None
+    manifest: Manifest | ShardedManifest | None
     size_bytes: int
     staged_rows: int = 0
     problem: str | None = None
@@ -99,6 +101,11 @@ class BankSummary:
     def kind(self) -> str | None:
         """Bridge or collection (the manifest says); None when it cannot be read."""
         return None if self.manifest is None else self.manifest.kind
+
+    @property
+    def shards(self) -> int | None:
+        """How many shards a sharded bank is stored as; None for an unsharded one."""
+        return len(self.manifest.shards) if isinstance(self.manifest, ShardedManifest) else None
 
 
 def list_banks(root: Path | None = None) -> list[BankSummary]:
@@ -120,10 +127,12 @@ def summarize(path: Path) -> BankSummary:
     manifest, problem = None, None
     if (path / MANIFEST_NAME).exists() or state is None:
         try:
-            manifest = read_manifest(path)
+            manifest = read_any_manifest(path)  # sharded or not
         except BankError as err:
             problem = str(err)
     staged = 0
-    if state is not None and (manifest is None or state.base_generation == manifest.generation):
+    if isinstance(manifest, ShardedManifest):  # rows an interrupted run left in its pending shard
+        staged = sharded_staged_rows(path, manifest)
+    elif state is not None and (manifest is None or state.base_generation == manifest.generation):
         staged = state.rows
     return BankSummary(path.name, path, manifest, size, staged, problem)

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from ucl_cli.bank.collection import GoneFiles
 from ucl_cli.bank.items import BankItem, KeySet
-from ucl_cli.bank.manifest import ModelRecord, read_manifest
+from ucl_cli.bank.manifest import ModelRecord
+from ucl_cli.bank.shards import open_writer, read_any_manifest
 from ucl_cli.bank.writer import BankWriter, WriterOptions
 from ucl_cli.errors import InputFileError, UsageError
 
@@ -43,6 +44,9 @@ class IndexOptions:
     replace: bool = False  # rebuild the bank from these items alone (published atomically)
     commit_seconds: float = 1.0  # sync finished batches at most this often (0: every batch)
     prune: bool = False  # collections: drop the rows of files that no longer exist
+    # Store the bank as shards of at most this many rows (`ucl_cli.bank.shards`); None: as the
+    # bank already is (unsharded for a new bank).
+    shard_size: int | None = None
 
 
 @dataclass
@@ -101,7 +105,8 @@ def index_items(
     started = time.perf_counter()
     report = IndexReport(bank=Path(bank_dir))
     models = [ModelRecord.from_encoder(encoder) for encoder in encoders]
-    with BankWriter(Path(bank_dir), models, _writer_options(options, listener)) as writer:
+    writer_options = _writer_options(options, listener)
+    with open_writer(Path(bank_dir), models, writer_options, options.shard_size) as writer:
         report.resumed = writer.recovered_rows
         if report.resumed:
             listener.resumed(report.resumed)
@@ -141,12 +146,13 @@ def prune_collection(
     published too.
     """
     started = time.perf_counter()
-    manifest = read_manifest(Path(bank_dir))
+    manifest = read_any_manifest(Path(bank_dir))
     options = replace(options or IndexOptions(), modality=manifest.modality, prune=True)
     listener = listener or IndexListener()
     _check_prune(options)
     report = IndexReport(bank=Path(bank_dir))
-    with BankWriter(Path(bank_dir), manifest.models, _writer_options(options, listener)) as writer:
+    writer_options = _writer_options(options, listener)
+    with open_writer(Path(bank_dir), manifest.models, writer_options) as writer:
         report.resumed = writer.recovered_rows
         if report.resumed:
             listener.resumed(report.resumed)

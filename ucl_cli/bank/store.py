@@ -289,6 +289,10 @@ def load_bank(path: str | Path, *, verify: Verify = "now", check_weights: bool =
     if verify not in ("now", "on_read", "reread"):
         raise ValueError(f"verify must be 'now', 'on_read' or 'reread', not {verify!r}")
     bank_dir = Path(path).expanduser()
+    from ucl_cli.bank.shards import is_sharded, load_sharded_bank
+
+    if is_sharded(bank_dir):  # a bank stored as shards, each a bank of its own
+        return load_sharded_bank(bank_dir, verify=verify, check_weights=check_weights)
     for attempt in range(OPEN_ATTEMPTS):
         manifest = read_manifest(bank_dir)
         try:

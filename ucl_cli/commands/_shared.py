@@ -80,6 +80,39 @@ ALLOW_OTHER_WEIGHTS = typer.Option(
 )
 
 
+CLUSTER = typer.Option(
+    None,
+    "--cluster",
+    metavar="auto|local|ray://HOST:PORT",
+    help="Sum lse over the bank's shards on Ray actors: auto (a running Ray cluster), local "
+    "(start one on this machine) or ray://HOST:PORT. Default: UCL_CLUSTER, else in this "
+    "process. Other methods and --explain run in this process (docs/SCALING.md).",
+    show_default=False,
+)
+
+
+def cluster_bank(
+    bank: Bank, spec: str, methods: Sequence[str], console: Console, *, local_too: str = ""
+) -> Any:
+    """The bank, its lse sums on the cluster `spec` names (`ucl_cli.distributed`); says once on
+    stderr what still runs in this process (`methods` other than lse, and `local_too`)."""
+    from rich.markup import escape
+
+    from ucl_cli.distributed.driver import ClusterScorer
+    from ucl_cli.distributed.rows import ClusterBank
+
+    here = [method for method in methods if method != "lse"]
+    if local_too:
+        here.append(local_too)
+    if here:
+        console.print(
+            f"[yellow]ucl:[/] --cluster {escape(spec)}: only lse sums over the bank on the "
+            f"cluster yet; {escape(', '.join(here))} run in this process over the whole bank",
+            soft_wrap=True,
+        )
+    return ClusterBank(bank, ClusterScorer(bank, spec))
+
+
 TEMPERATURE = typer.Option(
     None,
     "--temperature",
@@ -304,14 +337,14 @@ def model_keys(bank_dir: Path | None, image_text: str | None, text_audio: str | 
 
 def bank_model_keys(bank_dir: Path) -> list[str]:
     """The bank's model keys in `ucl index` order, or [] where there is no bank yet."""
-    from ucl_cli.bank.manifest import read_manifest
+    from ucl_cli.bank.shards import read_any_manifest
     from ucl_cli.bank.staging import Staging
     from ucl_cli.errors import BankError
 
     if not bank_dir.is_dir():
         return []
     try:
-        return read_manifest(bank_dir).model_keys()
+        return read_any_manifest(bank_dir).model_keys()
     except BankError:
         state = Staging.read_state(bank_dir)  # an interrupted first run, or nothing
         return [] if state is None else [model.key for model in state.models]
@@ -343,7 +376,7 @@ def announce_bank(choice: BankChoice, console: Console) -> None:
     from rich.markup import escape
 
     from ucl_cli.bank import audioset_texts
-    from ucl_cli.bank.manifest import read_manifest
+    from ucl_cli.bank.shards import read_any_manifest
     from ucl_cli.errors import BankError
 
     why = _WHY[choice.reason]
@@ -353,11 +386,14 @@ def announce_bank(choice: BankChoice, console: Console) -> None:
         console.print(f"ucl: built-in AudioSet bank ({rows}; {escape(why)})", soft_wrap=True)
         return
     try:
-        manifest = read_manifest(choice.path)
+        manifest = read_any_manifest(choice.path)
     except BankError:
         rows = "unreadable manifest"  # opening the bank reports the problem in full
     else:
         rows = bank_rows(manifest.count, manifest.modality)
+        shards = getattr(manifest, "shards", None)
+        if shards is not None:
+            rows += f" in {plural(len(shards), 'shard')}"
     console.print(f"ucl: bank {escape(choice.name)} ({rows}; {escape(why)})", soft_wrap=True)
 
 

@@ -42,7 +42,8 @@ def banks(
 
     JSON lines: one object per bank with name, path, items, modality, kind (bridge: texts;
     collection: image or audio files), models (key, dim), index, size_bytes, updated,
-    staged_rows, problem, and verified with --verify."""
+    staged_rows, shards (how many; null for an unsharded bank), problem, and verified with
+    --verify."""
     from ucl_cli.bank import list_banks
     from ucl_cli.config import banks_dir
     from ucl_cli.output import list_format, write_jsonl
@@ -91,6 +92,7 @@ def _record(summary: BankSummary, verify: bool) -> dict[str, Any]:
         "size_bytes": summary.size_bytes,
         "updated": None if manifest is None else manifest.updated,
         "staged_rows": summary.staged_rows,
+        "shards": summary.shards,  # null: not sharded
         "problem": summary.problem,
     }
     if verify and manifest is not None:
@@ -117,6 +119,10 @@ def _row(summary: BankSummary, verify: bool) -> list[str]:
             "-",
             "; ".join(notes),
         ]
+    if summary.shards is not None:
+        size = getattr(manifest, "shard_size", 0)
+        shards = "1 shard" if summary.shards == 1 else f"{summary.shards:,} shards"
+        notes.append(f"{shards} of up to {size:,} rows")
     if verify:
         verified = _verify(summary)
         notes.append(escape(verified) if verified == VERIFIED else f"[red]{escape(verified)}[/]")

@@ -19,6 +19,7 @@ from ucl_cli.commands._shared import (
     ALLOW_OTHER_WEIGHTS,
     BANK,
     BATCH_SIZE,
+    CLUSTER,
     DEVICE,
     IMAGE_TEXT_MODEL,
     IMAGE_TEXT_WEIGHTS,
@@ -30,6 +31,7 @@ from ucl_cli.commands._shared import (
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
     calibration_option,
+    cluster_bank,
     load_models_and_bank,
     nearest_options,
     resolve_calibration,
@@ -134,14 +136,17 @@ def evaluate_command(
     strict: bool = STRICT_PAIRS,
     no_cache: bool = NO_CACHE,
     allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
+    cluster: str | None = CLUSTER,
 ) -> None:
     """Measure recall@k (fair ties), mean rank and 95% intervals of each method on paired data."""
+    from contextlib import ExitStack
     from dataclasses import replace
 
     from ucl_cli.bridge.methods import ScoringSettings
     from ucl_cli.cache import open_cache
     from ucl_cli.calibration import Calibration
     from ucl_cli.commands._progress import ProgressView, stage_listener
+    from ucl_cli.distributed.cluster import cluster_spec
     from ucl_cli.evaluation import (
         EvalOptions,
         evaluate,
@@ -151,6 +156,7 @@ def evaluate_command(
     )
     from ucl_cli.parsing import parse_ints, parse_list, parse_sizes
 
+    on_cluster = cluster_spec(cluster)  # --cluster, else UCL_CLUSTER; checked before any model
     given = calibration_option(temperature, normalize)
     options = EvalOptions(
         trials=trials,
@@ -204,13 +210,20 @@ def evaluate_command(
 
     with (
         opened,
+        ExitStack() as held,
         open_cache(enabled=not no_cache, on_warning=on_cache_warning) as cache,
         ProgressView(stderr) as view,
     ):
+        scored = opened
+        if on_cluster is not None:
+            smaller = "the smaller --bank-sizes" if options.bank_sizes else ""
+            scored = held.enter_context(
+                cluster_bank(opened, on_cluster, options.methods, stderr, local_too=smaller)
+            )
         report = evaluate(
             pairs,
             encoders=loaded.encoders,
-            bank=opened,
+            bank=scored,
             options=options,
             cache=cache,
             listener=stage_listener(view),

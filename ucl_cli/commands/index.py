@@ -105,6 +105,15 @@ def index(
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Wait for another run writing the same bank, or fail."
     ),
+    shard_size: int | None = typer.Option(
+        None,
+        "--shard-size",
+        min=1,
+        metavar="N",
+        help="Store the bank as shards of at most N rows, each a complete bank (new rows fill "
+        "new shards; docs/SCALING.md). A sharded bank stays sharded; an unsharded one is refused.",
+        show_default=False,
+    ),
     prune: bool = typer.Option(
         False,
         "--prune",
@@ -139,6 +148,7 @@ def index(
         lock_timeout=None if wait else 0,
         strict=strict,
         prune=prune,
+        shard_size=shard_size,
     )
     if not sources:  # --prune alone: no model is loaded
         with view.view:
@@ -183,10 +193,10 @@ def index(
 
 def _modality(given: Modality | None, prune: bool, bank_dir: Path) -> Modality:
     """--modality; without it, text, or with --prune the bank's (which must exist then)."""
-    from ucl_cli.bank.manifest import read_manifest
+    from ucl_cli.bank.shards import read_any_manifest
 
     if given is None and prune:
-        given = Modality(read_manifest(bank_dir).modality)  # no bank: says how to build one
+        given = Modality(read_any_manifest(bank_dir).modality)  # no bank: says how to build one
     modality = given or Modality.TEXT
     if prune and modality is Modality.TEXT:
         raise UsageError(

@@ -29,6 +29,7 @@ from ucl_cli.commands._shared import (
     ALLOW_OTHER_WEIGHTS,
     BANK,
     BATCH_SIZE,
+    CLUSTER,
     DEVICE,
     IMAGE_TEXT_MODEL,
     IMAGE_TEXT_WEIGHTS,
@@ -40,6 +41,7 @@ from ucl_cli.commands._shared import (
     TEXT_AUDIO_WEIGHTS,
     bank_rows,
     calibration_option,
+    cluster_bank,
     load_models_and_bank,
     nearest_options,
     plural,
@@ -207,6 +209,7 @@ def query(
     ),
     no_cache: bool = NO_CACHE,
     allow_other_weights: bool = ALLOW_OTHER_WEIGHTS,
+    cluster: str | None = CLUSTER,
 ) -> None:
     """Rank candidates (audio for an image, images for audio) through a bank of bridge texts.
 
@@ -231,7 +234,9 @@ def query(
         choices = ", ".join(FORMAT_NAMES)
         raise UsageError(f"unknown --format {output_format!r}; choose one of: {choices}")
     from ucl_cli.bridge.methods import ScoringSettings
+    from ucl_cli.distributed.cluster import cluster_spec
 
+    on_cluster = cluster_spec(cluster)  # --cluster, else UCL_CLUSTER; checked before any model
     given = calibration_option(temperature, normalize)
     if given is not None:
         check_calibration(method_named(method), ScoringSettings(calibration=given))
@@ -318,6 +323,12 @@ def query(
             )
             for path in collection_dirs
         ]
+        scored = opened
+        if on_cluster is not None:
+            explained = "--explain" if explain and method_named(method).explains else ""
+            scored = held.enter_context(
+                cluster_bank(opened, on_cluster, [method], console, local_too=explained)
+            )
         listener = Listener(
             on_skip=on_skip,
             on_query_skip=on_query_skip,
@@ -327,7 +338,7 @@ def query(
         report = search_inputs(
             inputs,
             encoders=loaded.encoders,
-            bank=opened,
+            bank=scored,
             options=options,
             cache=cache,
             listener=listener,
@@ -340,6 +351,7 @@ def query(
         + (f" (collections {escape(', '.join(collections))})" if collections else "")
         + f" with {method}"
         + ("" if calibration.is_paper else f" ({calibration.describe()})")
+        + ("" if on_cluster is None else f" (lse on Ray cluster {escape(on_cluster)})")
         + " over bank "
         f"{escape(opened.name)} ({bank_rows(len(opened), opened.modality)}); embedded "
         f"{plural(report.embedded, 'file')}, {report.cached:,} from the cache"
@@ -358,12 +370,12 @@ def _collection_dirs(names: list[str]) -> tuple[list[Path], Modality | None]:
     """Each --collection's directory and the collections' one modality, read from their
     manifests before any model loads: a typo, a bridge bank or a mix fails at once."""
     from ucl_cli.bank.catalog import resolve_bank
-    from ucl_cli.bank.manifest import read_manifest
+    from ucl_cli.bank.shards import read_any_manifest
 
     dirs, kinds = [], {}
     for name in names:
         path = resolve_bank(name)
-        manifest = read_manifest(path)
+        manifest = read_any_manifest(path)  # sharded or not
         if manifest.modality == "text":
             raise UsageError(
                 f"{name} is a bank of texts, not a collection of files; rank it as the bridge "
