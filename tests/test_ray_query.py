@@ -142,10 +142,11 @@ def test_a_shard_that_cannot_be_scored_fails_the_query_by_name(ray_cluster, bank
 
     sharded, queries, candidates = banks
     damaged = sharded.manifest.shards[1].name
-    with on_cluster(sharded, actors=2) as bank:
-        (sharded.path / damaged / "manifest.json").write_text("{}")  # after the driver opened it
-        with pytest.raises(ClusterError, match=damaged):
-            scores_of(bank, queries, candidates)
+    # after the driver opened the bank, before any actor opens its shards (actors open theirs
+    # as they start, so damage done later may come after they have read it)
+    (sharded.path / damaged / "manifest.json").write_text("{}")
+    with on_cluster(sharded, actors=2) as bank, pytest.raises(ClusterError, match=damaged):
+        scores_of(bank, queries, candidates)
 
 
 @pytest.mark.slow

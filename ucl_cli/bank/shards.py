@@ -64,7 +64,7 @@ from ucl_cli.files import atomic_write_json, fsync_dir
 if TYPE_CHECKING:
     import faiss
 
-    from ucl_cli.bank.nearest import LazyNearest
+    from ucl_cli.bank.joined_nearest import JoinedNearest
     from ucl_cli.bank.store import Bank, ModelRef, Verify
     from ucl_cli.encoders.base import Encoder
 
@@ -343,18 +343,28 @@ class ShardedBank:
             self._indexes[position] = index
         return index
 
-    def nearest(self, model: ModelRef, device: str = "cpu") -> LazyNearest:
-        """Certified nearest-row search for `topk`: exact (Flat) over the concatenated rows,
-        built on first search only."""
-        from ucl_cli.bank.nearest import flat_nearest
+    def nearest(self, model: ModelRef, device: str = "cpu") -> JoinedNearest:
+        """Certified nearest-row search for `topk`: each shard searches its own saved index
+        (IVF or Flat) and certifies what it skipped; the joined result certifies every row."""
+        from ucl_cli.bank.joined_nearest import JoinedNearest
 
         key = self.models[self.position(model)].key
-        return flat_nearest(self.vectors(key), self.row_norm(key), device)
+        parts = [shard.nearest(key, device) for shard in self.shards]
+        return JoinedNearest(parts, [len(shard) for shard in self.shards], self.row_norm(key))
 
     def index_sha256(self, model: ModelRef) -> str | None:
         """None: the Flat index is built in memory, and has no file to key a scan by."""
         self.position(model)
         return None
+
+    def content_key(self, model: ModelRef) -> str | None:
+        """What names one model's rows by content: the shards' own keys, in order (None when a
+        shard's manifest does not record them)."""
+        key = self.models[self.position(model)].key
+        parts = [shard.content_key(key) for shard in self.shards]
+        if any(part is None for part in parts):
+            return None
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
     def search(
         self, model: ModelRef, queries: np.ndarray, k: int, *, nprobe: int | None = None
@@ -652,6 +662,53 @@ class ShardedWriter:
         self._remove_unlisted()
         return manifest
 
+    # -- shards written by other processes (`ucl_cli.distributed.indexing`) ----------------------
+
+    def reserve_names(self, count: int) -> list[str]:
+        """Names for `count` new shards that other processes write into this bank's directory
+        under this writer's lock (the next publish records them as used)."""
+        if self._pending is not None or self.changes:
+            raise UsageError("publish the pending shard and the row changes before reserving")
+        return [self._new_name() for _ in range(count)]
+
+    def publish_shards(
+        self, shards: Sequence[ShardRecord], *, tidy: bool = False
+    ) -> ShardedManifest:
+        """Publish a top-level manifest listing exactly `shards`, in one atomic step. Shards not
+        listed now were written by other processes (`start_shard`) and are checked first as a
+        reader checks a shard; a listed shard may be left out only for one that extends it.
+        Unlisted shard directories are removed only with `tidy`: others may be being written."""
+        if self._pending is not None or self.changes:
+            raise UsageError("publish the pending shard and the row changes first")
+        previous = self.published
+        listed = {record.name: record for record in self._listed()}
+        manifest = ShardedManifest(
+            modality=self.options.modality,
+            count=sum(record.count for record in shards),
+            generation=(0 if previous is None else previous.generation) + 1,
+            models=self.models,
+            shards=tuple(shards),
+            shard_size=self.shard_size,
+            faiss_request=self._faiss_request(),
+            next_shard=self._next_shard,
+            created=previous.created if previous else now_iso(),
+            updated=now_iso(),
+            ucl_version=__version__,
+        )
+        added = [record for record in shards if listed.get(record.name) != record]
+        for record in added:
+            if _shard_number(record.name) >= self._next_shard:
+                raise BankError(f"shard {record.name} of bank {self.dir} was never reserved")
+            open_shard(self.dir, manifest, record, verify="on_read").close()
+        atomic_write_json(self.dir / MANIFEST_NAME, manifest.to_json())
+        self.published = manifest
+        for record in added:
+            for item in iter_items(self._items_path(record)):
+                self.keys.add(item.key)
+        if tidy:
+            self._remove_unlisted()
+        return manifest
+
     # -- opening ----------------------------------------------------------------------------------
 
     def _open(self) -> None:
@@ -751,7 +808,7 @@ class ShardedWriter:
         shard_dir = self.dir / name
         if seed and self._replaces is not None:
             _link_shard(self.dir / self._replaces.name, shard_dir)
-        self._pending = BankWriter(shard_dir, self.models, self._shard_options())
+        self._pending = BankWriter(shard_dir, self.models, self.shard_options())
         self._pending.__enter__()
         self._pending_name = name
 
@@ -767,7 +824,7 @@ class ShardedWriter:
             return []
         name = self._new_name()
         _link_shard(self.dir / record.name, self.dir / name)
-        with BankWriter(self.dir / name, self.models, self._shard_options()) as writer:
+        with BankWriter(self.dir / name, self.models, self.shard_options()) as writer:
             for row, item in local.moved.items():
                 writer.move_row(row, item)
             if local.dropped:
@@ -791,7 +848,8 @@ class ShardedWriter:
             name, shard_manifest.count, manifest_digest(self.dir / name), shard_manifest.faiss_index
         )
 
-    def _shard_options(self) -> WriterOptions:
+    def shard_options(self) -> WriterOptions:
+        """What each shard is written with, here or by another process (`start_shard`)."""
         return replace(
             self.options,
             faiss_index=self.options.faiss_index or self._faiss_request(),
@@ -846,6 +904,22 @@ def _link_shard(source: Path, target: Path) -> None:
     fsync_dir(target)
 
 
+def start_shard(bank_dir: Path, name: str, extends: str | None = None) -> Path:
+    """The empty directory of shard `name` that another process writes as a bank (seeded with
+    the files of the listed shard `extends` when it adds rows to that one); whatever an earlier,
+    failed try left there is removed first."""
+    if not SHARD_NAME.match(name) or (extends is not None and not SHARD_NAME.match(extends)):
+        raise ValueError(f"shard name {name!r} / {extends!r}")
+    shard_dir = Path(bank_dir) / name
+    if shard_dir.exists():
+        shutil.rmtree(shard_dir)
+    if extends is None:
+        shard_dir.mkdir()
+    else:
+        _link_shard(Path(bank_dir) / extends, shard_dir)
+    return shard_dir
+
+
 # -- writing from memory --------------------------------------------------------------------------
 
 
@@ -892,4 +966,5 @@ __all__ = [
     "read_sharded_manifest",
     "save_sharded_bank",
     "staged_rows",
+    "start_shard",
 ]
