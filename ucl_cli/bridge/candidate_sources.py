@@ -14,6 +14,7 @@ union is a proof about every candidate of every source, as it is over one candid
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -49,6 +50,9 @@ class CandidateSource:
     # what names the collection's vectors and index (its manifest's checksums), so that
     # derived bounds can be saved for the next query
     identity: str | None = None
+    # a cluster whose actors search the collection's shards for `topk` (`--cluster`):
+    # (bridge, queries, keep, settings) -> Leaders
+    remote: Callable | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -67,6 +71,8 @@ def collection_source(
     path the file had when it was indexed (`ucl index` keeps it current, `--prune` drops the
     rows of deleted files). `topk` searches its index on `device` when FAISS can."""
     collection.check_models([candidate_model])  # other models or other weights are refused
+    on_cluster = getattr(collection, "cluster_top", None)  # a collection held by Ray actors
+    remote = None if on_cluster is None else functools.partial(on_cluster, key=candidate_model.key)
     return CandidateSource(
         collection.vectors(candidate_model),
         lambda row: Path(collection.item(row).item_id),
@@ -74,6 +80,7 @@ def collection_source(
         collection.nearest(candidate_model, device),
         collection.row_norm(candidate_model),
         identity=collection.content_key(candidate_model),
+        remote=remote,
     )
 
 
@@ -120,6 +127,13 @@ def rank_sources(
     kept: Leaders | None = None
     bank_rows = None
     for s, source in enumerate(sources):
+        if _searchable(method, source, settings) and source.remote is not None:
+            found = source.remote(bridge, queries, keep, settings)
+            found = replace(found, ids=found.ids.to(torch.int64) + int(offsets[s]))
+            kept = found if kept is None else kept.merged(found, keep)
+            if on_advance is not None:
+                on_advance(len(source))
+            continue
         if _searchable(method, source, settings):
             from ucl_cli.bridge.collection_search import certified_collection_top
 

@@ -92,16 +92,23 @@ CLUSTER = typer.Option(
 
 
 def cluster_bank(
-    bank: Bank, spec: str, methods: Sequence[str], console: Console, *, local_too: str = ""
+    bank: Bank,
+    spec: str,
+    methods: Sequence[str],
+    console: Console,
+    *,
+    local_too: str = "",
+    remote: Sequence[str] = (),
 ) -> Any:
     """The bank, its lse sums on the cluster `spec` names (`ucl_cli.distributed`); says once on
-    stderr what still runs in this process (`methods` other than lse, and `local_too`)."""
+    stderr what still runs in this process (`methods` other than lse and `remote`, and
+    `local_too`)."""
     from rich.markup import escape
 
     from ucl_cli.distributed.driver import ClusterScorer
     from ucl_cli.distributed.rows import ClusterBank
 
-    here = [method for method in methods if method != "lse"]
+    here = [method for method in methods if method != "lse" and method not in remote]
     if local_too:
         here.append(local_too)
     if here:
@@ -111,6 +118,15 @@ def cluster_bank(
             soft_wrap=True,
         )
     return ClusterBank(bank, ClusterScorer(bank, spec))
+
+
+def cluster_collection(collection: Bank, spec: str) -> Any:
+    """A collection whose shards Ray actors search for `topk` (`ClusterScorer.collection_top`);
+    its actors start on the first search."""
+    from ucl_cli.distributed.driver import ClusterScorer
+    from ucl_cli.distributed.rows import ClusterBank
+
+    return ClusterBank(collection, ClusterScorer(collection, spec))
 
 
 TEMPERATURE = typer.Option(

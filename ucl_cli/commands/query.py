@@ -42,6 +42,7 @@ from ucl_cli.commands._shared import (
     bank_rows,
     calibration_option,
     cluster_bank,
+    cluster_collection,
     load_models_and_bank,
     nearest_options,
     plural,
@@ -326,9 +327,17 @@ def query(
         scored = opened
         if on_cluster is not None:
             explained = "--explain" if explain and method_named(method).explains else ""
+            # collections' topk runs on the cluster; over files, in this process
+            on_actors = ["topk"] if libraries and not candidates else []
             scored = held.enter_context(
-                cluster_bank(opened, on_cluster, [method], console, local_too=explained)
+                cluster_bank(
+                    opened, on_cluster, [method], console, local_too=explained, remote=on_actors
+                )
             )
+            libraries = [
+                held.enter_context(cluster_collection(library, on_cluster))
+                for library in libraries
+            ]
         listener = Listener(
             on_skip=on_skip,
             on_query_skip=on_query_skip,

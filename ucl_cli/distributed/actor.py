@@ -1,4 +1,5 @@
-"""The Ray actor that holds shards of a bank and computes their partial bridge sums.
+"""The Ray actor that holds shards of a bank: their partial bridge sums (a bridge bank's
+shards) or their certified top candidates (a collection's shards).
 
 An actor opens each shard it is asked for once (memory-mapped, checked against the digest of
 the shard's manifest that the driver read, so a different copy of a shard is refused rather
@@ -49,6 +50,17 @@ class ShardHost:
             query_rows = bank.vectors(request.query_key)
             candidate_rows = bank.vectors(request.candidate_key)
             out[shard.name] = shard_partial(query_rows, candidate_rows, request)
+        return out
+
+    def collection_tops(self, shards: list[ShardRef], request: Any) -> dict[str, Any]:
+        """Each collection shard's certified top N for the request (`collection_tops`), by
+        shard name; None for an empty shard (it adds no candidate)."""
+        from ucl_cli.distributed.collection_tops import shard_top
+
+        out = {}
+        for shard in shards:
+            bank = self._bank(shard)
+            out[shard.name] = shard_top(bank, request) if len(bank) else None
         return out
 
     def pid(self) -> int:

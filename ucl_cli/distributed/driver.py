@@ -162,8 +162,34 @@ class ClusterScorer:
         values = combine_calibrated([found[shard.name].to_partial() for shard in self.shards])
         return Scores(values, values.argsort(dim=1, descending=True, stable=True))
 
+    def collection_top(
+        self, bridge: Bridge, queries: np.ndarray, keep: int, settings: Any, key: str
+    ) -> Any:
+        """The certified top `keep` of this collection (`bridge.collection_search` run by each
+        actor on its shards), merged: a `candidate_sources.Leaders` over the collection's rows,
+        whose certificate covers every shard, or a `ClusterError` naming shards not searched."""
+        from ucl_cli.distributed.collection_tops import request_for
+
+        found = self.gather("collection_tops", request_for(bridge, queries, keep, settings, key))
+        merged = None
+        offset = 0
+        for shard in self.shards:
+            wire = found[shard.name]
+            if wire is not None:
+                leaders = wire.to_leaders(offset, settings.device)
+                merged = leaders if merged is None else merged.merged(leaders, keep)
+            offset += shard.count
+        if merged is None:
+            raise ClusterError(f"collection {self.bank.name} holds no rows")
+        return merged
+
     def partials(self, request: ScoreRequest) -> dict[str, Any]:
         """Every shard's partial sums (by name), or a `ClusterError` naming the missing."""
+        return self.gather("partials", request)
+
+    def gather(self, method: str, request: Any) -> dict[str, Any]:
+        """Every shard's answer to one actor method (by shard name), retried or moved off dead
+        actors (module doc), or a `ClusterError` naming the shards that gave none."""
         ray = import_ray()
         from ray.exceptions import RayActorError, RayTaskError
 
@@ -173,7 +199,7 @@ class ClusterScorer:
         failures: dict[int, str] = {}
         found: dict[str, Any] = {}
         pending = {
-            self._send(a, self.held[a], request_ref, attempts): (a, list(self.held[a]))
+            self._send(method, a, self.held[a], request_ref, attempts): (a, list(self.held[a]))
             for a in self.handles
         }
         if self.on_dispatch is not None:
@@ -204,7 +230,8 @@ class ClusterScorer:
                 loads = {a: sum(rows[s] for s in held) for a, held in self.held.items()}
                 for target, moved in reassign(retry, rows, loads).items():
                     self.held[target].extend(moved)
-                    pending[self._send(target, moved, request_ref, attempts)] = (target, moved)
+                    sent = self._send(method, target, moved, request_ref, attempts)
+                    pending[sent] = (target, moved)
             except RayTaskError as err:
                 for s in shards:  # a shard that fails to score fails the same way elsewhere
                     failures[s] = _first_line(err.cause if err.cause is not None else err)
@@ -215,18 +242,24 @@ class ClusterScorer:
                 for shard in missing
             )
             raise ClusterError(
-                f"the cluster returned no partial sums for {len(missing)} of "
-                f"{len(self.shards)} shards of bank {self.bank.name} ({reasons}); no score over "
-                "part of the bank is returned"
+                f"the cluster returned no {_WHAT.get(method, method)} for {len(missing)} of "
+                f"{len(self.shards)} shards of bank {self.bank.name} ({reasons}); no result "
+                "over part of the bank is returned"
             )
         return found
 
     def _send(
-        self, actor: int, shards: Sequence[int], request_ref: Any, attempts: dict[int, int]
+        self,
+        method: str,
+        actor: int,
+        shards: Sequence[int],
+        request_ref: Any,
+        attempts: dict[int, int],
     ) -> Any:
         for s in shards:
             attempts[s] += 1
-        return self.handles[actor].partials.remote([self.shards[s] for s in shards], request_ref)
+        call = getattr(self.handles[actor], method)
+        return call.remote([self.shards[s] for s in shards], request_ref)
 
     def _spawn(self, shards: list[int]) -> int:
         number = self._next_actor
@@ -239,6 +272,9 @@ class ClusterScorer:
     def _bury(self, actor: int) -> None:
         self.handles.pop(actor, None)
         self.held.pop(actor, None)
+
+
+_WHAT = {"partials": "partial sums", "collection_tops": "certified top candidates"}
 
 
 def _first_line(err: BaseException) -> str:

@@ -2,10 +2,12 @@
 
 `ClusterBank` wraps an opened bank for a run with `--cluster`: everything is the bank's, except
 that `vectors(model)` returns the same rows as a `ClusterRows` view (no copy), tagged with the
-`ClusterScorer` whose actors hold them. The lse method asks `cluster_lse` first: when both
-sides of its bridge are such whole, tagged matrices, the sum runs on the cluster; a sub-bank
-(eval's smaller bank sizes gather rows, which drops the tag), and every other method, runs in
-this process over the rows the driver holds, as without a cluster.
+`ClusterScorer` whose actors hold them, and that a collection's certified search can run on
+them (`cluster_top`, which `candidate_sources.collection_source` finds). The lse method asks
+`cluster_lse` first: when both sides of its bridge are such whole, tagged matrices, the sum
+runs on the cluster; a sub-bank (eval's smaller bank sizes gather rows, which drops the tag),
+and every other method, runs in this process over the rows the driver holds, as without a
+cluster.
 NumPy only: the hook costs an in-process query nothing.
 """
 
@@ -53,6 +55,13 @@ class ClusterBank:
         if key not in self._tagged:
             self._tagged[key] = tagged(self._bank.vectors(key), self.scorer, key)
         return self._tagged[key]
+
+    def cluster_top(
+        self, bridge: Bridge, queries: np.ndarray, keep: int, settings: Any, *, key: str
+    ) -> Any:
+        """A collection's certified top `keep`, each shard searched by the actor holding it
+        (`ClusterScorer.collection_top`)."""
+        return self.scorer.collection_top(bridge, queries, keep, settings, key)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bank, name)
