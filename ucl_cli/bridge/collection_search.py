@@ -105,7 +105,7 @@ def certified_collection_top(
     tempered = bridge.tempered(settings.calibration)
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).to(device)
     bank_rows = len(tempered.query_side.bank)
-    if table_fits(bank_rows, nearest.lists()):
+    if table_fits(bank_rows, nearest.lists(), len(vectors)):
         groups, lists = nearest.row_groups()
         by_lists = ListSearch(
             tempered,

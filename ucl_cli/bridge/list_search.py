@@ -24,8 +24,9 @@ float64). The leaders are certified against each other, against the rows only bo
 against the bound of the first list not visited; the visit widens (2x the lists) until they are,
 and stops at a near tie that no visit can resolve (those ranks are returned uncertified).
 
-The table costs M x lists floats: it is used when that stays within `TABLE_ELEMENTS`; past it
-(a very large bridge bank), `collection_search` searches the index from the heavy rows instead.
+The table costs M x lists floats: it is used when that stays within `TABLE_ELEMENTS` and the
+lists hold `MAX_LIST_ROWS` rows or fewer on average; otherwise (a very large bridge bank, or a
+few Flat shards joined) `collection_search` searches the index from the heavy rows instead.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from ucl_cli.estimators.topk import dot_rounding_bound
 
 # The largest table (bank rows x lists, float32) the search builds and keeps: 256 MiB.
 TABLE_ELEMENTS = 1 << 26
+# Past this many rows a list on average, a visit costs more than the heavy rows' search.
+MAX_LIST_ROWS = 4096
 # Bumped when the saved table's meaning changes; a table of another version is made again.
 TABLE_VERSION = 1
 # Lists visited first per query (the visit doubles until the leaders are certified).
@@ -61,9 +64,10 @@ HELD_TABLES = 4
 _HELD: dict[tuple[str, str], ListTable] = {}
 
 
-def table_fits(bank_rows: int, lists: int) -> bool:
-    """Whether the per-list table is small enough to build, keep and search with."""
-    return lists > 1 and bank_rows * lists <= TABLE_ELEMENTS
+def table_fits(bank_rows: int, lists: int, rows: int) -> bool:
+    """Whether the per-list table is small enough to build, keep and search with, and its lists
+    small enough to be worth visiting whole (a few Flat shards joined are a few huge lists)."""
+    return lists > 1 and bank_rows * lists <= TABLE_ELEMENTS and rows <= MAX_LIST_ROWS * lists
 
 
 @dataclass(frozen=True)
