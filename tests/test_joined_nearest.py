@@ -103,3 +103,26 @@ def test_topk_over_a_sharded_collection_certifies_what_the_unsharded_one_does(
         exact = _exact(bridge, queries, rows)
         found = ranked["sharded"]
         assert _check_certificates(found, exact, found.row.numpy(), "shards") == 40
+
+
+def test_a_sharded_collection_reads_its_rows_without_joining_them(library):
+    """Slices, picked rows and single rows come from the shards that hold them; nothing reads
+    the whole library into memory."""
+    from ucl_cli.bank.shards import JoinedRows
+
+    sharded, _, rows, _ = library
+    joined = sharded.vectors("c")
+    assert isinstance(joined, JoinedRows)
+    assert joined.shape == rows.shape and len(joined) == len(rows)
+    for piece in (slice(0, 10), slice(1990, 2010), slice(1500, 4500), slice(4400, None),
+                  slice(-3, None), slice(10, 10), slice(0, 4500, 7)):  # fmt: skip
+        np.testing.assert_array_equal(joined[piece], rows[piece])
+    picked = np.array([4499, 0, 2000, 1999, 2000, 3333, -1])
+    np.testing.assert_array_equal(joined[picked], rows[picked])
+    np.testing.assert_array_equal(joined[rows[:, 0] > 0.5], rows[rows[:, 0] > 0.5])
+    np.testing.assert_array_equal(joined[2000], rows[2000])
+    np.testing.assert_array_equal(np.asarray(joined), rows)
+    with pytest.raises(IndexError):
+        joined[4500]
+    with pytest.raises(IndexError):
+        joined[np.array([0, 4500])]

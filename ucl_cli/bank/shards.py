@@ -316,13 +316,17 @@ class ShardedBank:
 
     def vectors(self, model: ModelRef) -> np.ndarray:
         """Read-only float32 [M, dim]: the shards' memory maps concatenated on first use (one
-        shard's is returned as it is)."""
+        shard's is returned as it is). A collection's rows are a `JoinedRows` view instead:
+        the searches over it read slices and picked rows, so the whole library is never
+        copied into this process's memory."""
         position = self.position(model)
         if position not in self._vectors:
             key = self.models[position].key
             parts = [shard.vectors(key) for shard in self.shards]
             if len(parts) == 1:
                 matrix = parts[0]
+            elif self.kind == "collection":
+                matrix = JoinedRows(parts)
             else:
                 matrix = np.concatenate(parts)
                 matrix.flags.writeable = False
@@ -401,6 +405,58 @@ class ShardedBank:
 
 def _record(encoder: Encoder | ModelRecord) -> ModelRecord:
     return encoder if isinstance(encoder, ModelRecord) else ModelRecord.from_encoder(encoder)
+
+
+class JoinedRows:
+    """Several row-aligned matrices read as one [sum of rows, dim] matrix, without copying them
+    together: a slice or a list of rows is gathered from the parts that hold it (what a
+    collection's searches read). Read-only, like the memory maps it joins."""
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
+        self.dtype = self.parts[0].dtype
+        self.shape = (int(self.offsets[-1]), int(self.parts[0].shape[1]))
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        joined = np.concatenate(self.parts)
+        return joined if dtype is None else joined.astype(dtype)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            pieces = []
+            for part, first in zip(self.parts, self.offsets, strict=False):
+                lo, hi = max(start - first, 0), min(stop - first, len(part))
+                if lo < hi:
+                    pieces.append(part[lo:hi])
+            if not pieces:
+                return np.empty((0, self.shape[1]), dtype=self.dtype)
+            return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + len(self) if key < 0 else int(key)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {key} is outside {len(self)} rows")
+            part = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            return self.parts[part][row - self.offsets[part]]
+        rows = np.asarray(key)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = np.where(rows < 0, rows + len(self), rows).astype(np.int64)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows outside {len(self)} rows")
+        out = np.empty((len(rows), self.shape[1]), dtype=self.dtype)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for part in np.unique(which):
+            mine = which == part
+            out[mine] = self.parts[part][rows[mine] - self.offsets[part]]
+        return out
 
 
 def load_sharded_bank(

@@ -50,10 +50,13 @@ class ClusterBank:
         self.scorer = scorer
         self._tagged: dict[str, ClusterRows] = {}
 
-    def vectors(self, model: Any) -> ClusterRows:
+    def vectors(self, model: Any) -> Any:
         key = self._bank.models[self._bank.position(model)].key
+        rows = self._bank.vectors(key)
+        if not isinstance(rows, np.ndarray):  # a sharded collection's rows, joined lazily
+            return rows  # never a bridge: no lse sum to send to the cluster
         if key not in self._tagged:
-            self._tagged[key] = tagged(self._bank.vectors(key), self.scorer, key)
+            self._tagged[key] = tagged(rows, self.scorer, key)
         return self._tagged[key]
 
     def cluster_top(
