@@ -723,8 +723,12 @@ class ShardedWriter:
     def reserve_names(self, count: int) -> list[str]:
         """Names for `count` new shards that other processes write into this bank's directory
         under this writer's lock (the next publish records them as used)."""
-        if self._pending is not None or self.changes:
+        if self.staged_rows or self.changes:
             raise UsageError("publish the pending shard and the row changes before reserving")
+        if self._pending is not None:  # an interrupted run's pending shard that added nothing
+            self._close_pending()
+            self._replaces = None
+            (self.dir / PENDING_NAME).unlink(missing_ok=True)
         return [self._new_name() for _ in range(count)]
 
     def publish_shards(

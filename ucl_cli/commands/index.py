@@ -30,7 +30,7 @@ from ucl_cli.errors import UsageError
 from ucl_cli.modality import Modality  # torch-free: Typer offers its values as the choices
 
 if TYPE_CHECKING:
-    from ucl_cli.bank import BankItem, CorpusOptions, IndexReport
+    from ucl_cli.bank import BankItem, CorpusOptions, IndexOptions, IndexReport
     from ucl_cli.commands._progress import IndexProgress
 
 
@@ -114,6 +114,15 @@ def index(
         "new shards; docs/SCALING.md). A sharded bank stays sharded; an unsharded one is refused.",
         show_default=False,
     ),
+    cluster: str | None = typer.Option(
+        None,
+        "--cluster",
+        metavar="auto|local|ray://HOST:PORT",
+        help="Embed and write the shards on Ray actors (one model copy each, a GPU each where "
+        "the cluster has them): auto (a running Ray cluster), local (start one on this machine) "
+        "or ray://HOST:PORT. Writes a sharded bank. Default: UCL_CLUSTER, else in this process.",
+        show_default=False,
+    ),
     prune: bool = typer.Option(
         False,
         "--prune",
@@ -134,12 +143,13 @@ def index(
     choice = choose_bank(bank, writing=True)  # --bank, else UCL_BANK, else default
     bank_dir, bank = choice.path, bank or choice.name
     modality = _modality(modality, prune, bank_dir)
+    console = Console(stderr=True, highlight=False)
+    on_cluster = _cluster(cluster, bank_dir, shard_size, console) if sources else None
     if not sources and not prune:
         raise UsageError(
             "nothing to index: give corpus files, or image or audio files and folders "
             "(SOURCE...), or --prune alone to drop the rows of deleted files"
         )
-    console = Console(stderr=True, highlight=False)
     view = IndexProgress(ProgressView(console), modality.value)
     options = IndexOptions(
         modality=modality.value,
@@ -159,23 +169,29 @@ def index(
     corpus = CorpusOptions(format=corpus_format, column=column, field=field, strict=strict)
     items, total = _items(sources, modality, corpus, view)
     keys = model_keys(bank_dir, image_text_model, text_audio_model)
+    # On a cluster the actors embed; the driver's copies give the records and the context fit.
+    here = "cpu" if on_cluster is not None else resolve_device(device)
     if modality is Modality.TEXT:
         weights = [image_text_weights, text_audio_weights]
-        encoders = load_encoders(keys, resolve_device(device), console, weights)
+        encoders = load_encoders(keys, here, console, weights)
     else:  # a collection: only the models that embed its files
         weights = collection_weights(
             len(keys), modality.value, image_text_weights, text_audio_weights
         )
-        encoders = collection_encoders(
-            keys, weights, modality.value, resolve_device(device), console
-        )
+        encoders = collection_encoders(keys, weights, modality.value, here, console)
     fit = ContextFit(encoders)  # texts past a text tower's context: cut to whole words, marked
     if modality is Modality.TEXT:
         items = fit.apply(items)
     try:
         with view.view:
             view.start(total)
-            report = index_items(bank_dir, encoders, items, options, view)
+            if on_cluster is None:
+                report = index_items(bank_dir, encoders, items, options, view)
+            else:
+                report = _index_on_cluster(
+                    bank_dir, encoders, dict(zip(keys, weights, strict=False)), items, options,
+                    on_cluster, device, view, console,
+                )  # fmt: skip
     except BaseException:
         if view.saving is not None:
             console.print(
@@ -189,6 +205,73 @@ def index(
     console.print(_summary(bank, modality, report, view), soft_wrap=True)
     if report.added or report.resumed or report.moved or report.pruned or report.replaced:
         _save_index_scans(bank_dir)
+
+
+def _cluster(
+    flag: str | None, bank_dir: Path, shard_size: int | None, console: Console
+) -> str | None:
+    """The cluster to index on (--cluster, else UCL_CLUSTER), for a sharded bank only: an
+    unsharded one named by --cluster is refused; by UCL_CLUSTER alone, indexed here."""
+    from ucl_cli.bank.shards import is_sharded
+    from ucl_cli.distributed.cluster import cluster_spec
+
+    spec = cluster_spec(flag)
+    if spec is None or shard_size is not None or is_sharded(bank_dir):
+        return spec
+    exists = (bank_dir / "manifest.json").exists()
+    why = f"bank {bank_dir.name} is not sharded" if exists else "a new bank needs --shard-size N"
+    if flag:
+        raise UsageError(f"--cluster writes sharded banks, and {why}")
+    console.print(f"ucl: UCL_CLUSTER={escape(spec)} not used: {escape(why)}", soft_wrap=True)
+    return None
+
+
+def _index_on_cluster(
+    bank_dir: Path,
+    encoders: list,
+    weights: dict[str, Path | None],
+    items: Iterable[BankItem],
+    options: IndexOptions,
+    spec: str,
+    device: str,
+    view: IndexProgress,
+    console: Console,
+) -> IndexReport:
+    """`index_items` with the embedding done by Ray actors (`ucl_cli.distributed.indexing`)."""
+    from ucl_cli.distributed.indexing import ClusterIndexOptions, RegistryModels, index_on_cluster
+
+    keys = tuple(encoder.key for encoder in encoders)
+    paths = tuple(None if weights.get(key) is None else str(weights[key]) for key in keys)
+    cluster = ClusterIndexOptions(device=device)
+    try:
+        report = index_on_cluster(
+            bank_dir, encoders, RegistryModels(keys, paths), items, options, spec, view, cluster
+        )
+    except BaseException:
+        if cluster.stats:  # the actors had started: some shards may be listed
+            _say_resumable(bank_dir, console)
+        raise
+    if cluster.stats:
+        where = "GPU" if cluster.stats["gpus"] else "CPU"
+        console.print(
+            f"ucl: embedded on Ray cluster {escape(spec)}: {cluster.stats['shards']:,} shards "
+            f"written by {cluster.stats['actors']} {where} actors",
+            soft_wrap=True,
+        )
+    return report
+
+
+def _say_resumable(bank_dir: Path, console: Console) -> None:
+    """After a failed cluster run: what the bank holds, and that rerunning finishes it."""
+    from ucl_cli.bank.shards import is_sharded, read_sharded_manifest
+
+    if is_sharded(bank_dir):
+        count = read_sharded_manifest(bank_dir).count
+        console.print(
+            f"ucl: bank {escape(bank_dir.name)} holds {count:,} items in whole shards; run the "
+            "same command again to embed the rest",
+            soft_wrap=True,
+        )
 
 
 def _modality(given: Modality | None, prune: bool, bank_dir: Path) -> Modality:
