@@ -9,13 +9,14 @@ it), so its resident memory is its own.
 
 overhead: the upload search over HTTP (one keep-alive client) against the same `search` call
           in this process with the same options and an embedding cache kept open (as the
-          server keeps its own), median of --repeats each (target <= 1.2x).
+          server keeps its own), called in turns, median of --repeats each (target <= 1.2x).
 load:     --clients concurrent clients, --requests uploads in all: errors, p50 and p95
           latency, and the server's resident memory after the first 20 requests and after
           the run (target: within 10%).
 
     python scripts/bench_serve.py                     # both, about a minute on two cores
     python scripts/bench_serve.py --repeats 20 --requests 100
+    python scripts/bench_serve.py --models DIR --repeats 10 --requests 40   # the README's case
 """
 
 from __future__ import annotations
@@ -42,7 +43,16 @@ DIM = 512
 QUERY_MODEL, CANDIDATE_MODEL = "bench:image-text", "bench:text-audio"
 
 
-def encoders() -> list[HashEncoder]:
+def encoders(models: str | None = None) -> list:
+    """Content-seeded stand-ins (embedding costs nothing), or with `models` (a hub cache of
+    random-weight stand-ins of the default pair, scripts/make_test_models.py) the default
+    architectures themselves: the README's case, where the query's embedding is real work."""
+    if models is not None:
+        from ucl_cli.commands._shared import default_model_keys
+        from ucl_cli.encoders.registry import load_encoder
+
+        os.environ.update(HF_HOME=str(models), HF_HUB_OFFLINE="1")
+        return [load_encoder(key, device="cpu") for key in default_model_keys()]
     out = [
         HashEncoder(QUERY_MODEL, ("image", "text")),
         HashEncoder(CANDIDATE_MODEL, ("text", "audio")),
@@ -52,8 +62,11 @@ def encoders() -> list[HashEncoder]:
     return out
 
 
-def prepare(work: Path, candidates: int, bank_size: int) -> Path:
-    """The bank, the collection and a query image under `work` (kept for the next run)."""
+def prepare(work: Path, candidates: int, bank_size: int, models: str | None = None) -> Path:
+    """The bank, the collection and a query image under `work` (kept for the next run). With
+    `models`, the bank's and the collection's rows are random unit vectors under the real
+    models' records (what scoring costs does not depend on their values; embedding 1,000 clips
+    with the audio tower on a CPU would take longer than the benchmark)."""
     import soundfile as sf
     from PIL import Image
 
@@ -69,22 +82,36 @@ def prepare(work: Path, candidates: int, bank_size: int) -> Path:
             sf.write(audio / f"clip{i:05d}.wav", samples, 16_000)
         pixels = rng.integers(0, 255, (256, 256, 3), dtype=np.uint8)
         Image.fromarray(pixels).save(query)
-        query_model, candidate_model = encoders()
-        texts = (text_item(f"bridge text {m}") for m in range(bank_size))
-        index_items(work / "bank", [query_model, candidate_model], texts, IndexOptions())
+        query_model, candidate_model = encoders(models)
+        texts = [text_item(f"bridge text {m}") for m in range(bank_size)]
         files = collect_file_items([audio], "audio")
-        index_items(work / "collection", [candidate_model], files, IndexOptions(modality="audio"))
+        if models is None:
+            index_items(work / "bank", [query_model, candidate_model], texts, IndexOptions())
+            options = IndexOptions(modality="audio")
+            index_items(work / "collection", [candidate_model], files, options)
+        else:
+            from ucl_cli.bank import save_bank
+
+            def unit(rows: int, dim: int) -> np.ndarray:
+                out = rng.standard_normal((rows, dim)).astype(np.float32)
+                return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+            pair = [query_model, candidate_model]
+            save_bank(work / "bank", texts, [unit(bank_size, e.dim) for e in pair], pair).close()
+            clips = list(files)
+            rows = [unit(len(clips), candidate_model.dim)]
+            save_bank(work / "collection", clips, rows, [candidate_model], modality="audio").close()
         log(f"wrote {candidates:,} clips, a bank of {bank_size:,} texts and a query under {work}")
     return query
 
 
-def load(work: Path):
+def load(work: Path, models: str | None = None):
     from ucl_cli.bank import load_bank
     from ucl_cli.serve.state import Served
 
     bank = load_bank(work / "bank", verify="on_read")
     collection = load_bank(work / "collection", verify="on_read")
-    return Served.of(encoders(), bank, [collection], device="cpu")
+    return Served.of(encoders(models), bank, [collection], device="cpu")
 
 
 def serve(args: argparse.Namespace) -> None:
@@ -94,7 +121,7 @@ def serve(args: argparse.Namespace) -> None:
 
     work = Path(args.workdir)
     os.environ["UCL_HOME"] = str(work / "home")
-    run(create_app(load(work)), "127.0.0.1", args.port)
+    run(create_app(load(work, args.models)), "127.0.0.1", args.port)
 
 
 def resident_kb(pid: int) -> int:
@@ -110,12 +137,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(work: Path, port: int) -> subprocess.Popen:
+def start_server(work: Path, port: int, models: str | None = None) -> subprocess.Popen:
     import httpx
 
     server_log = open(work / "server.log", "w")  # noqa: SIM115 (kept open for the child)
     child = subprocess.Popen(
-        [sys.executable, __file__, "_serve", "--workdir", str(work), "--port", str(port)],
+        [sys.executable, __file__, "_serve", "--workdir", str(work), "--port", str(port)]
+        + ([] if models is None else ["--models", str(models)]),
         stdout=server_log,
         stderr=subprocess.STDOUT,
     )
@@ -132,13 +160,16 @@ def start_server(work: Path, port: int) -> subprocess.Popen:
     raise SystemExit("the server did not start within 2 minutes")
 
 
-def median_ms(fn, repeats: int) -> tuple[float, object]:
-    times, out = [], None
+def interleaved(first, second, repeats: int) -> tuple[float, float, object, object]:
+    """Median milliseconds of `first` and of `second`, called in turns, and their last results."""
+    times: tuple[list[float], list[float]] = ([], [])
+    out: list[object] = [None, None]
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3, out
+        for k, fn in enumerate((first, second)):
+            start = time.perf_counter()
+            out[k] = fn()
+            times[k].append(time.perf_counter() - start)
+    return statistics.median(times[0]) * 1e3, statistics.median(times[1]) * 1e3, out[0], out[1]
 
 
 def main() -> None:
@@ -151,6 +182,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--workdir")
     parser.add_argument("--port", type=int)
+    parser.add_argument(
+        "--models", help="hub cache of full-size stand-ins (scripts/make_test_models.py)"
+    )
     args = parser.parse_args()
     if args.mode == "_serve":
         serve(args)
@@ -166,21 +200,46 @@ def main() -> None:
 
     load_start = os.getloadavg()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="ucl-bench-serve-"))
-    query = prepare(work, args.candidates, args.bank_size)
+    query = prepare(work, args.candidates, args.bank_size, args.models)
     body = query.read_bytes()
     port = free_port()
-    child = start_server(work, port)
+    child = start_server(work, port, args.models)
     url = f"http://127.0.0.1:{port}"
     try:
-        served = load(work)
+        served = load(work, args.models)
         options = QueryOptions(top=10, scoring=ScoringSettings(device="cpu"))
         collection = list(served.collections.values())
 
         cache = open_cache()  # kept open, as the server keeps its own
 
+        fresh = iter(range(time.time_ns() % (1 << 40), 1 << 62))  # never an earlier run's
+
+        def query_bytes() -> bytes:
+            """The query image; with --models a new one each time (one pixel changed), so that
+            its embedding is computed every time, as for a user's new photo (the README's case:
+            else the cache answers it by content)."""
+            if args.models is None:
+                return body
+            from io import BytesIO
+
+            from PIL import Image
+
+            image = Image.open(query).convert("RGB")
+            n = next(fresh)
+            for k in range(3):  # inside the models' centre crop, in three places
+                xy = (64 + (n >> (8 * k)) % 128, 64 + k * 40)
+                image.putpixel(xy, ((n >> k) % 251, (n >> 3) % 241, (n >> 5) % 239))
+            out = BytesIO()
+            image.save(out, format="PNG")
+            return out.getvalue()
+
         def in_process():
+            path = query
+            if args.models is not None:
+                path = work / "fresh.png"
+                path.write_bytes(query_bytes())
             return search(
-                [query],
+                [path],
                 [],
                 encoders=served.encoders,
                 bank=served.bank,
@@ -190,13 +249,21 @@ def main() -> None:
             )
 
         def upload(client: httpx.Client) -> httpx.Response:
-            return client.post("/api/search", files={"file": ("query.png", body)})
+            return client.post("/api/search", files={"file": ("query.png", query_bytes())})
 
         with httpx.Client(base_url=url, timeout=120) as client:
             for _ in range(5):  # warm: cache rows, pages, the server's first requests
                 in_process(), upload(client)
-            direct_ms, report = median_ms(in_process, args.repeats)
-            http_ms, response = median_ms(lambda: upload(client), args.repeats)
+            # interleaved, so that a drift of the machine's speed falls on both alike
+            direct_ms, http_ms, report, response = interleaved(
+                in_process, lambda: upload(client), args.repeats
+            )
+            if args.models is not None:  # the same query both ways, for the comparison below
+                report = search(
+                    [query], [], encoders=served.encoders, bank=served.bank, options=options,
+                    cache=cache, collections=collection,
+                )  # fmt: skip
+                response = client.post("/api/search", files={"file": ("query.png", body)})
         same = [
             {k: v for k, v in r.items() if k != "query"} for r in hit_records(report.results)
         ] == [
@@ -230,7 +297,9 @@ def main() -> None:
     print("$ python scripts/bench_serve.py " + " ".join(sys.argv[1:]))
     print(
         f"ucl serve, {args.candidates:,}-clip collection, bank of {args.bank_size:,} texts, "
-        f"{DIM}-d stand-in encoders, 256x256 PNG query ({len(body) / 1e3:.0f} kB), lse top 10; "
+        + (f"{DIM}-d stand-in encoders" if args.models is None else
+           "the default models' architectures (random weights, CPU)")
+        + f", 256x256 PNG query ({len(body) / 1e3:.0f} kB), lse top 10; "
         f"torch {torch.__version__}, {os.cpu_count()} CPUs"
     )
     print(f"load average at start {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
