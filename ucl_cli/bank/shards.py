@@ -57,6 +57,7 @@ from ucl_cli.bank.manifest import (
 )
 from ucl_cli.bank.row_changes import RowChanges
 from ucl_cli.bank.staging import Staging
+from ucl_cli.bank.store import BankBase
 from ucl_cli.bank.writer import BankWriter, WriterOptions
 from ucl_cli.errors import BankError, UsageError
 from ucl_cli.files import atomic_write_json, fsync_dir
@@ -236,7 +237,7 @@ def manifest_digest(shard_dir: Path) -> str:
 # -- reading -------------------------------------------------------------------------------------
 
 
-class ShardedBank:
+class ShardedBank(BankBase):
     """A published sharded bank with `Bank`'s interface; row m is row m - offset of the shard
     that holds it. The shards are opened (and checked) when the bank is, so a writer publishing
     meanwhile does not disturb it."""
@@ -258,27 +259,8 @@ class ShardedBank:
         self._indexes: dict[int, faiss.Index] = {}
 
     @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def models(self) -> tuple[ModelRecord, ...]:
-        return self.manifest.models
-
-    @property
-    def modality(self) -> str:
-        return self.manifest.modality
-
-    @property
-    def kind(self) -> str:
-        return self.manifest.kind
-
-    @property
     def shard_paths(self) -> list[Path]:
         return [shard.path for shard in self.shards]
-
-    def __len__(self) -> int:
-        return self.manifest.count
 
     def __repr__(self) -> str:
         keys = ", ".join(self.manifest.model_keys())
@@ -286,28 +268,6 @@ class ShardedBank:
             f"ShardedBank({str(self.path)!r}, {len(self)} items in {len(self.shards)} shards, "
             f"models: {keys})"
         )
-
-    def check_models(self, encoders: Sequence[Encoder | ModelRecord]) -> None:
-        """As `Bank.check_models`: a `BankError` unless the bank serves every encoder."""
-        wanted = [_record(encoder) for encoder in encoders]
-        problem = model_mismatch(
-            self.models, wanted, bank=f"bank {self.name}", user="the query",
-            weights=self.check_weights,
-        )  # fmt: skip
-        if problem is not None:
-            raise BankError(problem)
-
-    def unknown_weights(self, encoders: Sequence[Encoder | ModelRecord]) -> list[str]:
-        named = {record.key for record in map(_record, encoders) if record.weights is not None}
-        return [model.key for model in self.models if model.weights is None and model.key in named]
-
-    def position(self, model: ModelRef) -> int:
-        key = model if isinstance(model, str) else model.key
-        for position, record in enumerate(self.models):
-            if record.key == key:
-                return position
-        held = ", ".join(self.manifest.model_keys())
-        raise BankError(f"bank {self.name} holds no vectors of {key} (it holds {held})")
 
     def row_norm(self, model: ModelRef) -> float:
         """The largest row norm of any shard (each shard's manifest records its own)."""

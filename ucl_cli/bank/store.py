@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Union
 
 import numpy as np
 
@@ -51,7 +51,65 @@ Verify = Literal["now", "on_read", "reread"]
 LEGACY_ROW_NORM = 1.001
 
 
-class Bank:
+class BankBase:
+    """What every published bank knows from its manifest alone, one bank or shards of one: its
+    name, models, modality and kind, and whether it can serve a query's encoders. Subclasses
+    set `path`, `manifest` and `check_weights`."""
+
+    path: Path
+    manifest: Any
+    check_weights: bool
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def models(self) -> tuple[ModelRecord, ...]:
+        return self.manifest.models
+
+    @property
+    def modality(self) -> str:
+        return self.manifest.modality
+
+    @property
+    def kind(self) -> str:
+        """Bridge (texts, the route between modalities) or collection (candidate files)."""
+        return self.manifest.kind
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def check_models(self, encoders: Sequence[Encoder | ModelRecord]) -> None:
+        """Raise `BankError` (one sentence naming both sides) unless the bank serves them all,
+        made by the same weights (unless the bank was opened with `check_weights=False`)."""
+        wanted = [_record(encoder) for encoder in encoders]
+        problem = model_mismatch(
+            self.models,
+            wanted,
+            bank=f"bank {self.name}",
+            user="the query",
+            weights=self.check_weights,
+        )
+        if problem is not None:
+            raise BankError(problem)
+
+    def unknown_weights(self, encoders: Sequence[Encoder | ModelRecord]) -> list[str]:
+        """Keys of the models whose weights the query's encoders name but the manifest does not
+        record (banks written by an older ucl): those vectors cannot be checked against them."""
+        named = {record.key for record in map(_record, encoders) if record.weights is not None}
+        return [model.key for model in self.models if model.weights is None and model.key in named]
+
+    def position(self, model: ModelRef) -> int:
+        key = model if isinstance(model, str) else model.key
+        for position, record in enumerate(self.models):
+            if record.key == key:
+                return position
+        held = ", ".join(self.manifest.model_keys())
+        raise BankError(f"bank {self.name} holds no vectors of {key} (it holds {held})")
+
+
+class Bank(BankBase):
     """A published bank: items and, per model, a memory-mapped matrix and a FAISS index.
 
     Rows are aligned: row m of every model's matrix embeds `item(m)`.
@@ -76,62 +134,14 @@ class Bank:
         self._nearest: dict[tuple[int, str], LazyNearest] = {}
         self._offsets: np.ndarray | None = None
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def models(self) -> tuple[ModelRecord, ...]:
-        return self.manifest.models
-
-    @property
-    def modality(self) -> str:
-        return self.manifest.modality
-
-    @property
-    def kind(self) -> str:
-        """Bridge (texts, the route between modalities) or collection (candidate files)."""
-        return self.manifest.kind
-
-    def __len__(self) -> int:
-        return self.manifest.count
-
     def __repr__(self) -> str:
         keys = ", ".join(self.manifest.model_keys())
         return f"Bank({str(self.path)!r}, {len(self)} items, models: {keys})"
-
-    def check_models(self, encoders: Sequence[Encoder | ModelRecord]) -> None:
-        """Raise `BankError` (one sentence naming both sides) unless the bank serves them all,
-        made by the same weights (unless the bank was opened with `check_weights=False`)."""
-        wanted = [_record(encoder) for encoder in encoders]
-        problem = model_mismatch(
-            self.models,
-            wanted,
-            bank=f"bank {self.name}",
-            user="the query",
-            weights=self.check_weights,
-        )
-        if problem is not None:
-            raise BankError(problem)
-
-    def unknown_weights(self, encoders: Sequence[Encoder | ModelRecord]) -> list[str]:
-        """Keys of the models whose weights the query's encoders name but the manifest does not
-        record (banks written by an older ucl): those vectors cannot be checked against them."""
-        named = {record.key for record in map(_record, encoders) if record.weights is not None}
-        return [model.key for model in self.models if model.weights is None and model.key in named]
 
     def row_norm(self, model: ModelRef) -> float:
         """The largest norm of one model's rows, as the manifest records it (bounds use it)."""
         recorded = self.manifest.max_norms[self.position(model)]
         return LEGACY_ROW_NORM if recorded is None else recorded
-
-    def position(self, model: ModelRef) -> int:
-        key = model if isinstance(model, str) else model.key
-        for position, record in enumerate(self.models):
-            if record.key == key:
-                return position
-        held = ", ".join(self.manifest.model_keys())
-        raise BankError(f"bank {self.name} holds no vectors of {key} (it holds {held})")
 
     def vectors(self, model: ModelRef) -> np.ndarray:
         """Read-only float32 [M, dim] matrix of one model, memory-mapped."""
