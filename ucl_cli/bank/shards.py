@@ -657,19 +657,7 @@ class ShardedWriter:
             self._close_pending()
             if shard_manifest is not None and shard_manifest.count:
                 shards.append(self._shard_record(name, shard_manifest))
-        manifest = ShardedManifest(
-            modality=self.options.modality,
-            count=sum(record.count for record in shards),
-            generation=(0 if previous is None else previous.generation) + 1,
-            models=self.models,
-            shards=tuple(shards),
-            shard_size=self.shard_size,
-            faiss_request=self._faiss_request(),
-            next_shard=self._next_shard,
-            created=previous.created if previous else now_iso(),
-            updated=now_iso(),
-            ucl_version=__version__,
-        )
+        manifest = self._next_manifest(shards, previous)
         atomic_write_json(self.dir / MANIFEST_NAME, manifest.to_json())
         self.published = manifest
         self.changes = RowChanges()
@@ -702,19 +690,7 @@ class ShardedWriter:
             raise UsageError("publish the pending shard and the row changes first")
         previous = self.published
         listed = {record.name: record for record in self._listed()}
-        manifest = ShardedManifest(
-            modality=self.options.modality,
-            count=sum(record.count for record in shards),
-            generation=(0 if previous is None else previous.generation) + 1,
-            models=self.models,
-            shards=tuple(shards),
-            shard_size=self.shard_size,
-            faiss_request=self._faiss_request(),
-            next_shard=self._next_shard,
-            created=previous.created if previous else now_iso(),
-            updated=now_iso(),
-            ucl_version=__version__,
-        )
+        manifest = self._next_manifest(shards, previous)
         added = [record for record in shards if listed.get(record.name) != record]
         for record in added:
             if _shard_number(record.name) >= self._next_shard:
@@ -862,6 +838,24 @@ class ShardedWriter:
         }
         local.dropped = {row - start for row in self.changes.dropped if row in inside}
         return local
+
+    def _next_manifest(
+        self, shards: Sequence[ShardRecord], previous: ShardedManifest | None
+    ) -> ShardedManifest:
+        """The top-level manifest that lists `shards`, one generation after `previous`."""
+        return ShardedManifest(
+            modality=self.options.modality,
+            count=sum(record.count for record in shards),
+            generation=(0 if previous is None else previous.generation) + 1,
+            models=self.models,
+            shards=tuple(shards),
+            shard_size=self.shard_size,
+            faiss_request=self._faiss_request(),
+            next_shard=self._next_shard,
+            created=previous.created if previous else now_iso(),
+            updated=now_iso(),
+            ucl_version=__version__,
+        )
 
     def _shard_record(self, name: str, shard_manifest: Manifest) -> ShardRecord:
         return ShardRecord(
