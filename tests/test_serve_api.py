@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from pathlib import Path
 
 import planted_backend as planted
@@ -216,6 +218,22 @@ def test_uploads_leave_no_file_behind(api, media_dir, tmp_path, monkeypatch):
     bad.write_bytes(b"not a picture")
     assert upload(api, bad).status_code == 422
     assert list(spool.iterdir()) == []
+
+
+def test_uploads_leave_no_row_in_the_caches_memo_of_file_hashes(served, api, media_dir):
+    """A server runs for weeks: its uploads' temporary paths are never seen again, so the
+    cache's memo of file hashes does not keep them (their vectors stay, found by content)."""
+    from ucl_cli.config import cache_path
+
+    image = media_dir / "images" / "concept2.png"
+    for _ in range(3):
+        assert upload(api, image).status_code == 200
+    served.scoring.submit(served._close_cache).result()  # the scoring thread's connection
+    with closing(sqlite3.connect(cache_path())) as connection:
+        paths = [row[0] for row in connection.execute("SELECT path FROM file_hashes")]
+        vectors = connection.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+    assert not any("ucl-serve-" in path for path in paths), paths
+    assert vectors >= 1  # the upload's vector is cached: the second and third were not embedded
 
 
 def test_the_cache_is_one_connection_kept_and_no_cache_keeps_none(served, media_dir):

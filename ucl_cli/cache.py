@@ -405,6 +405,16 @@ class EmbeddingCache:
             read_only=self.read_only,
         )
 
+    def forget_files(self, paths: Sequence[Path]) -> None:
+        """Drop the memoised hashes of files that will not be read again (a server's temporary
+        uploads): their vectors stay, found by content, but the memo no longer grows by a row
+        per upload."""
+        if self._connection is None or self.read_only:
+            return
+        rows = [(os.path.realpath(path),) for path in paths]
+        with self._degrading(writing=True), _transaction(self._connection) as connection:
+            connection.executemany("DELETE FROM file_hashes WHERE path = ?", rows)
+
     def clear(self, model: str | None = None) -> int:
         """Delete one model's vectors (all of them, and the hash memo, when `model` is None) and
         give the space back to the file system. Returns how many vectors were deleted."""

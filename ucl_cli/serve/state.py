@@ -175,6 +175,9 @@ class Served:
                 return self._file(path, request, name=name)
             except InputFileError as error:
                 raise InputFileError(name, error.reason) from None
+            finally:
+                if self._cache is not None:  # this path is never seen again: no memo row
+                    self._cache.forget_files([path])
 
     def _file(self, path: Path, request: SearchRequest, *, name: str | None = None) -> Answer:
         """`search` of one query file over the requested collections."""
