@@ -49,6 +49,11 @@ class ModelRecord:
         return cls.from_json(encoder.describe())
 
     @classmethod
+    def of(cls, model: Encoder | ModelRecord) -> ModelRecord:
+        """The record of an encoder, or the record itself (what banks and queries compare)."""
+        return model if isinstance(model, ModelRecord) else cls.from_encoder(model)
+
+    @classmethod
     def from_json(cls, value: dict[str, Any]) -> ModelRecord:
         return cls(
             key=str(value["key"]),

@@ -58,7 +58,7 @@ from ucl_cli.bank.manifest import (
 from ucl_cli.bank.row_changes import RowChanges
 from ucl_cli.bank.staging import Staging
 from ucl_cli.bank.store import BankBase
-from ucl_cli.bank.writer import BankWriter, WriterOptions
+from ucl_cli.bank.writer import BankWriter, HeldRows, WriterOptions
 from ucl_cli.errors import BankError, UsageError
 from ucl_cli.files import atomic_write_json, fsync_dir
 
@@ -363,10 +363,6 @@ class ShardedBank(BankBase):
         self.close()
 
 
-def _record(encoder: Encoder | ModelRecord) -> ModelRecord:
-    return encoder if isinstance(encoder, ModelRecord) else ModelRecord.from_encoder(encoder)
-
-
 class JoinedRows:
     """Several row-aligned matrices read as one [sum of rows, dim] matrix, without copying them
     together: a slice or a list of rows is gathered from the parts that hold it (what a
@@ -519,7 +515,7 @@ def open_writer(
     return BankWriter(bank_dir, models, options)
 
 
-class ShardedWriter:
+class ShardedWriter(HeldRows):
     """Exclusive, crash-safe writer of a sharded bank, with `BankWriter`'s interface (what
     `index_items` and `GoneFiles` use). New rows fill a pending shard of at most `shard_size`
     rows (the last shard when it has room, copied first); a full shard is published at once.
@@ -592,26 +588,6 @@ class ShardedWriter:
             sources.append(item for _, item in self._pending.iter_rows())
         for row, item in enumerate(itertools.chain.from_iterable(sources)):
             yield row, self.changes.moved.get(row, item)
-
-    def move_row(self, row: int, item: BankItem) -> None:
-        self._check_row(row)
-        self.changes.moved[row] = item
-
-    def drop_rows(self, rows: Sequence[int] | set[int]) -> None:
-        rows = set(rows)
-        for row in rows:
-            self._check_row(row)
-        if rows <= self.changes.dropped:
-            return
-        self.changes.dropped |= rows
-        kept = (item.key for row, item in self.iter_rows() if row not in self.changes.dropped)
-        self.keys = KeySet(kept)
-
-    def contains(self, key: str) -> bool:
-        return key in self.keys
-
-    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
-        return self.keys.contains_many(keys)
 
     def commit(self) -> None:
         if self._pending is not None:
@@ -954,7 +930,7 @@ def save_sharded_bank(
     bank_dir = Path(path).expanduser()
     if (bank_dir / MANIFEST_NAME).exists():
         raise BankError(f"{bank_dir} already holds a bank")
-    records = [_record(model) for model in models]
+    records = [ModelRecord.of(model) for model in models]
     options = WriterOptions(modality=modality, faiss_index=faiss_index, commit_seconds=60.0)
     with ShardedWriter(bank_dir, records, options, shard_size) as writer:
         for start in range(0, len(items), SEED_BATCH_ROWS):

@@ -83,7 +83,7 @@ class BankBase:
     def check_models(self, encoders: Sequence[Encoder | ModelRecord]) -> None:
         """Raise `BankError` (one sentence naming both sides) unless the bank serves them all,
         made by the same weights (unless the bank was opened with `check_weights=False`)."""
-        wanted = [_record(encoder) for encoder in encoders]
+        wanted = [ModelRecord.of(encoder) for encoder in encoders]
         problem = model_mismatch(
             self.models,
             wanted,
@@ -97,7 +97,7 @@ class BankBase:
     def unknown_weights(self, encoders: Sequence[Encoder | ModelRecord]) -> list[str]:
         """Keys of the models whose weights the query's encoders name but the manifest does not
         record (banks written by an older ucl): those vectors cannot be checked against them."""
-        named = {record.key for record in map(_record, encoders) if record.weights is not None}
+        named = {record.key for record in map(ModelRecord.of, encoders) if record.weights}
         return [model.key for model in self.models if model.weights is None and model.key in named]
 
     def position(self, model: ModelRef) -> int:
@@ -374,10 +374,6 @@ def _verify_file(
         )
 
 
-def _record(encoder: Encoder | ModelRecord) -> ModelRecord:
-    return encoder if isinstance(encoder, ModelRecord) else ModelRecord.from_encoder(encoder)
-
-
 def save_bank(
     path: str | Path,
     items: Sequence[BankItem],
@@ -403,7 +399,7 @@ def save_bank(
             f"save_bank needs one [{len(items)}, dim] matrix per model ({len(models)}); "
             f"got {shapes or 'none'}"
         )
-    records = [_record(model) for model in models]
+    records = [ModelRecord.of(model) for model in models]
     options = WriterOptions(modality=modality, faiss_index=faiss_index, replace=True)
     with BankWriter(bank_dir, records, options) as writer:
         step = SAVE_BATCH_ROWS

@@ -76,7 +76,42 @@ class WriterOptions:
     on_wait: Callable[[str], None] | None = None  # called once if the lock is busy
 
 
-class BankWriter:
+class HeldRows:
+    """What a writer knows of the rows it holds, published and staged, whichever way it stores
+    them (one bank, or shards): the content keys it holds, rows moved to a new path and rows to
+    drop at the next publish. Subclasses set `changes` and `keys` and define `iter_rows` and
+    `_check_row`."""
+
+    changes: RowChanges
+    keys: KeySet
+
+    def move_row(self, row: int, item: BankItem) -> None:
+        """Give row `row` a new item of the same key (a moved file's new path): its vectors
+        stay, nothing is embedded again."""
+        self._check_row(row)
+        self.changes.moved[row] = item
+
+    def drop_rows(self, rows: Iterable[int]) -> None:
+        """Leave these rows out of the next publish (vectors, FAISS indexes and items alike)."""
+        rows = set(rows)
+        for row in rows:
+            self._check_row(row)
+        if rows <= self.changes.dropped:
+            return
+        self.changes.dropped |= rows
+        # A dropped item is no longer held: indexing it again must embed it again.
+        kept = (item.key for row, item in self.iter_rows() if row not in self.changes.dropped)
+        self.keys = KeySet(kept)
+
+    def contains(self, key: str) -> bool:
+        return key in self.keys
+
+    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
+        """Boolean [len(keys)]: which keys the bank (published or staged) already holds."""
+        return self.keys.contains_many(keys)
+
+
+class BankWriter(HeldRows):
     """Exclusive, crash-safe writer of one bank directory (use as a context manager)."""
 
     def __init__(self, bank_dir: Path, models: Sequence[ModelRecord], options: WriterOptions):
@@ -138,31 +173,6 @@ class BankWriter:
             sources.append(self.staging.iter_items())
         for row, item in enumerate(itertools.chain.from_iterable(sources)):
             yield row, self.changes.moved.get(row, item)
-
-    def move_row(self, row: int, item: BankItem) -> None:
-        """Give row `row` a new item of the same key (a moved file's new path): its vectors
-        stay, nothing is embedded again."""
-        self._check_row(row)
-        self.changes.moved[row] = item
-
-    def drop_rows(self, rows: Iterable[int]) -> None:
-        """Leave these rows out of the next publish (vectors, FAISS indexes and items alike)."""
-        rows = set(rows)
-        for row in rows:
-            self._check_row(row)
-        if rows <= self.changes.dropped:
-            return
-        self.changes.dropped |= rows
-        # A dropped item is no longer held: indexing it again must embed it again.
-        kept = (item.key for row, item in self.iter_rows() if row not in self.changes.dropped)
-        self.keys = KeySet(kept)
-
-    def contains(self, key: str) -> bool:
-        return key in self.keys
-
-    def contains_many(self, keys: Sequence[str]) -> np.ndarray:
-        """Boolean [len(keys)]: which keys the bank (published or staged) already holds."""
-        return self.keys.contains_many(keys)
 
     def commit(self) -> None:
         """Make the rows added so far survive a crash of this process (see `staging`)."""
