@@ -127,28 +127,9 @@ def rank_sources(
     kept: Leaders | None = None
     bank_rows = None
     for s, source in enumerate(sources):
-        if _searchable(method, source, settings) and source.remote is not None:
-            found = source.remote(bridge, queries, keep, settings)
-            found = replace(found, ids=found.ids.to(torch.int64) + int(offsets[s]))
-            kept = found if kept is None else kept.merged(found, keep)
-            if on_advance is not None:
-                on_advance(len(source))
-            continue
         if _searchable(method, source, settings):
-            from ucl_cli.bridge.collection_search import certified_collection_top
-
-            found = certified_collection_top(
-                bridge,
-                queries,
-                source.vectors,
-                source.nearest,
-                source.row_norm,
-                keep,
-                settings,
-                identity=source.identity,
-                on_note=on_note,
-            )
-            found = replace(found, ids=found.ids + int(offsets[s]))
+            found = _search_collection(source, bridge, queries, keep, settings, on_note)
+            found = replace(found, ids=found.ids.to(torch.int64) + int(offsets[s]))
             kept = found if kept is None else kept.merged(found, keep)
             if on_advance is not None:
                 on_advance(len(source))
@@ -177,6 +158,33 @@ def rank_sources(
         lower=kept.lower,
         upper=kept.upper,
         bank_rows=bank_rows,
+    )
+
+
+def _search_collection(
+    source: CandidateSource,
+    bridge: Bridge,
+    queries: np.ndarray,
+    keep: int,
+    settings: ScoringSettings,
+    on_note: Callable[[str], None] | None,
+) -> Leaders:
+    """A collection's certified top `keep` through its index: by the Ray actors holding its
+    shards (`--cluster`), or in this process (`collection_search`)."""
+    if source.remote is not None:
+        return source.remote(bridge, queries, keep, settings)
+    from ucl_cli.bridge.collection_search import certified_collection_top
+
+    return certified_collection_top(
+        bridge,
+        queries,
+        source.vectors,
+        source.nearest,
+        source.row_norm,
+        keep,
+        settings,
+        identity=source.identity,
+        on_note=on_note,
     )
 
 
