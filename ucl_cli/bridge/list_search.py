@@ -225,18 +225,21 @@ class ListSearch:
         scored = ScoredRows(self, q, banks)
         heavy = min(FIRST_HEAVY, self.max_heavy)
         visited, rows, lists = 0, np.empty(0, np.int64), np.empty(0, np.int64)
+        lower = upper = torch.empty(0, dtype=torch.float64, device=self.device)
         step = FIRST_LISTS
         while True:
             fresh_rows, fresh_lists = self.table.rows_of(order[visited : visited + step])
+            # each row's bounds hold on their own: only the newly visited rows are bounded
+            fresh_lower, fresh_upper = self._row_bounds(left64, fresh_rows, fresh_lists, heavy)
             rows = np.concatenate([rows, fresh_rows])
             lists = np.concatenate([lists, fresh_lists])
+            lower, upper = torch.cat([lower, fresh_lower]), torch.cat([upper, fresh_upper])
             visited = min(visited + step, len(order))
             unseen = bounds[order[visited]] if visited < len(order) else -math.inf
-            lower, upper = self._row_bounds(left64, rows, lists, heavy)
             nth = lower.topk(min(self.keep, len(rows))).values[-1] if len(rows) else -math.inf
             reachable = upper >= nth
             while int(reachable.sum()) > EXACT_BUDGET and heavy < self.max_heavy:
-                heavy = min(4 * heavy, self.max_heavy)
+                heavy = min(4 * heavy, self.max_heavy)  # tighter bounds, for every row
                 lower, upper = self._row_bounds(left64, rows, lists, heavy)
                 nth = lower.topk(min(self.keep, len(rows))).values[-1]
                 reachable = upper >= nth
