@@ -1,16 +1,19 @@
-"""Benchmark lse over a sharded bank on a local 2-worker Ray cluster against one process.
+"""Benchmark the methods over a sharded bank on a local 2-worker Ray cluster against one process.
 
 A stand-in bank (random unit vectors, as the stand-in models' meaningless embeddings are; the
 embedding cost is not what is measured) of --rows rows for two 512-d models, written as 4
-shards, is scored for a batch of queries against a set of candidates: once in this process
-(the shards' rows concatenated, as `ucl query` reads a sharded bank) and once with the bank's
-rows summed by 2 Ray actors on a local cluster of 2 CPUs (`ucl query --cluster local`), each
-warm (actors started, rows mapped) and timed best of --repeats. Prints the time ratio (target:
-at most 1.5x) and whether the scores are equal (to float32 rounding), and the load average at
-the start and the end (another process on the machine skews both).
+shards, is scored for a batch of queries against a set of candidates by each of --methods
+(default lse): with the bank held by 2 Ray actors on a local cluster of 2 CPUs (`ucl query
+--cluster local`: the driver holds no bank row), then in this process (the shards' rows
+concatenated, as `ucl query` reads a sharded bank), each warm (actors started, rows mapped)
+and timed best of --repeats. Prints per method the time ratio (target for lse: at most 1.5x)
+and whether the results are equal (scores to float32 rounding; topk: the same certified
+leading candidates), the driver's own (anonymous) memory after the cluster runs and after the
+in-process runs, and the load average at the start and the end (another process skews both).
 
-    python scripts/bench_ray.py            # 1,000,000 rows: ~12 GB written to a temp dir
-    python scripts/bench_ray.py --quick    # 40,000 rows: a smoke run
+    python scripts/bench_ray.py                         # 1,000,000 rows: ~12 GB in a temp dir
+    python scripts/bench_ray.py --methods lse,topk,caption
+    python scripts/bench_ray.py --quick                 # 40,000 rows: a smoke run
 """
 
 from __future__ import annotations
@@ -53,13 +56,37 @@ def best_of(repeats: int, run) -> tuple[float, object]:
     return min(times), result
 
 
-def score(bank, queries: np.ndarray, candidates: np.ndarray):
+def score(method: str, bank, queries: np.ndarray, candidates: np.ndarray):
+    """The method's scores through the whole bank, its sides as `ucl query` builds them."""
     keys = [model.key for model in MODELS]
     bridge = Bridge(
-        BridgeSide(bank.vectors(keys[0]), MODELS[0].logit_scale),
-        BridgeSide(bank.vectors(keys[1]), MODELS[1].logit_scale),
+        *(
+            BridgeSide(bank.vectors(key), model.logit_scale, max_norm=bank.row_norm(key))
+            for key, model in zip(keys, MODELS, strict=True)
+        )
     )
-    return method_named("lse").score(bridge, queries, candidates, ScoringSettings(), 10).values
+    return method_named(method).score(bridge, queries, candidates, ScoringSettings(), 10)
+
+
+def same(method: str, remote, local) -> str:
+    """Whether the cluster's result is the one process's, and by how much the scores differ."""
+    difference = float((remote.values - local.values).abs().max())
+    if method == "topk":
+        leading = 10
+        agree = torch.equal(remote.order[:, :leading], local.order[:, :leading]) and bool(
+            remote.certified[:, :leading].all() and local.certified[:, :leading].all()
+        )
+        return f"top {leading} certified and equal: {agree} (estimates differ by {difference:.2e})"
+    equal = torch.allclose(remote.values, local.values, rtol=1e-6, atol=1e-5)
+    return f"scores equal: {equal} (largest difference {difference:.2e} nats)"
+
+
+def anonymous_mb() -> float:
+    """This process's anonymous resident memory (its own arrays, not mapped files), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def main() -> None:
@@ -70,7 +97,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=None, help="default 100 (quick: 8)")
     parser.add_argument("--candidates", type=int, default=None, help="default 1000 (quick: 500)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", default="lse", help="comma-separated, e.g. lse,topk,caption")
     args = parser.parse_args()
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     rows = args.rows or (40_000 if args.quick else 1_000_000)
     n_queries = args.queries or (8 if args.quick else 100)
     n_candidates = args.candidates or (500 if args.quick else 1000)
@@ -97,27 +126,41 @@ def main() -> None:
             f"({time.perf_counter() - started:.1f} s to write); {n_queries} queries x "
             f"{n_candidates:,} candidates"
         )
-        score(bank, queries[:1], candidates[:1])  # warm: the shards' rows concatenated
-        local_s, local = best_of(args.repeats, lambda: score(bank, queries, candidates))
-        log(f"one process ({torch.get_num_threads()} torch threads): {local_s:.3f} s")
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False)  # fmt: skip
+        remote_s, remote = {}, {}
+        ray.init(address="local", num_cpus=2, include_dashboard=False,
+                 _node_ip_address="127.0.0.1", log_to_driver=False)  # fmt: skip
         try:
             with ClusterBank(bank, ClusterScorer(bank, "local", actors=2)) as on_ray:
                 warm = time.perf_counter()
-                score(on_ray, queries[:1], candidates[:1])  # actors started, shards opened
+                score("lse", on_ray, queries[:1], candidates[:1])  # actors start, shards open
                 log(f"ray: 2 actors started in {time.perf_counter() - warm:.1f} s")
-                ray_s, remote = best_of(args.repeats, lambda: score(on_ray, queries, candidates))
+                for method in methods:
+                    score(method, on_ray, queries[:1], candidates[:1])
+                    remote_s[method], remote[method] = best_of(
+                        args.repeats, lambda m=method: score(m, on_ray, queries, candidates)
+                    )
+                    log(f"ray (2 actors, 2 CPUs), {method}: {remote_s[method]:.3f} s")
+                assert on_ray.rows_read_here == 0, "the driver read bank rows"
         finally:
             ray.shutdown()
+        log(f"driver's own memory after the cluster runs: {anonymous_mb():,.0f} MB")
+        for method in methods:
+            score(method, bank, queries[:1], candidates[:1])  # warm: the rows concatenated
+            local_s, local = best_of(
+                args.repeats, lambda m=method: score(m, bank, queries, candidates)
+            )
+            threads = torch.get_num_threads()
+            log(f"one process ({threads} torch threads), {method}: {local_s:.3f} s")
+            ratio = remote_s[method] / local_s
+            target = (
+                ""
+                if method != "lse"
+                else (" (within the 1.5x target)" if ratio <= 1.5 else " (ABOVE the 1.5x target)")
+            )
+            log(f"{method}: time ratio ray / one process {ratio:.2f}x{target}; "
+                f"{same(method, remote[method], local)}")  # fmt: skip
+        log(f"... and after the in-process runs: {anonymous_mb():,.0f} MB")
         bank.close()
-    log(f"ray (2 actors, 2 CPUs): {ray_s:.3f} s")
-    ratio = ray_s / local_s
-    verdict = "within" if ratio <= 1.5 else "ABOVE"
-    log(f"time ratio ray / one process: {ratio:.2f}x ({verdict} the 1.5x target)")
-    difference = float((remote - local).abs().max())
-    equal = torch.allclose(remote, local, rtol=1e-6, atol=1e-5)
-    log(f"scores equal: {equal} (largest difference {difference:.2e} nats)")
     log(f"load average at end: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

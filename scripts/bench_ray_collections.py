@@ -85,8 +85,8 @@ def main() -> None:
         source = collection_source(held, model)
         return rank_sources(method_named("topk"), bridge, queries, [source], ScoringSettings(), 10)
 
-    ray.init(num_cpus=args.actors, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)  # fmt: skip
+    ray.init(address="local", num_cpus=args.actors, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)  # fmt: skip
     remote = ClusterBank(collection, ClusterScorer(collection, "local", actors=args.actors))
     try:
         warm = near(centres_a[covered[:1]], 0.8, rng)

@@ -134,8 +134,8 @@ def main() -> None:
         f"scale it {one_rate / single_rate:.2f}x)")  # fmt: skip
     torch.set_num_threads(2)
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)  # fmt: skip
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)  # fmt: skip
     try:
         cluster = ClusterIndexOptions(actors=2, device="cpu")
         started = time.perf_counter()

@@ -45,8 +45,8 @@ def ray_cluster():
     # Actors unpickle the test encoders; this folder is not on their path.
     for module in (fakes, sys.modules[__name__]):
         ray.cloudpickle.register_pickle_by_value(module)
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)  # fmt: skip
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)  # fmt: skip
     yield ray
     ray.shutdown()
 

@@ -9,7 +9,10 @@ Ray runs as a local cluster on loopback, started once for this module.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -31,8 +34,8 @@ from ucl_cli.errors import UsageError
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ucl-cli[dev]')")
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False)  # fmt: skip
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)  # fmt: skip
     yield ray
     ray.shutdown()
 
@@ -104,6 +107,35 @@ def test_an_actor_killed_mid_query_leaves_the_result_complete(ray_cluster, banks
         assert_same(again, want)
 
 
+def test_a_stalled_actor_is_stopped_and_its_shards_answered_elsewhere(ray_cluster, banks):
+    """A hung actor (here: its process stopped mid-call, as a lost node's actor would hang
+    while Ray waits to restart it) holds its shards' answers back: after the stall limit the
+    driver stops it and asks the other actor; the result is complete and equal."""
+    sharded, queries, candidates = banks
+    want = scores_of(sharded, queries, candidates)
+    stopped = []
+    with on_cluster(sharded, actors=2, stall_seconds=1.0) as bank:
+        scores_of(bank, queries, candidates)  # every actor started and answered once
+        scorer = bank.scorer
+        pids = {a: ray_cluster.get(handle.pid.remote()) for a, handle in scorer.handles.items()}
+
+        def stop_one(handles):
+            if not stopped:  # the first round only: its calls are in flight
+                stopped.append(next(iter(handles)))
+                os.kill(pids[stopped[0]], signal.SIGSTOP)
+
+        scorer.pool.on_dispatch = stop_one
+        try:
+            got = scores_of(bank, queries, candidates)
+        finally:
+            for pid in pids.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+        assert_same(got, want)
+        assert scorer.stalled == stopped and stopped[0] not in scorer.handles
+        assert sorted(s for held in scorer.held.values() for s in held) == [0, 1, 2, 3]
+
+
 def test_cli_query_on_a_local_cluster_equals_the_in_process_query(
     ray_cluster, plugin, tmp_path, media_dir
 ):
@@ -114,14 +146,56 @@ def test_cli_query_on_a_local_cluster_equals_the_in_process_query(
     here = runner.invoke(app, args)
     there = runner.invoke(app, [*args, "--cluster", "local"])
     assert here.exit_code == 0 and there.exit_code == 0, there.output
-    assert "lse on Ray cluster local" in there.stderr
-    near = [json.loads(line) for line in here.stdout.splitlines()]
-    far = [json.loads(line) for line in there.stdout.splitlines()]
+    assert "(on Ray cluster local)" in there.stderr
+    assert_same_hits(there.stdout, here.stdout)
+
+
+def assert_same_hits(far_lines, near_lines):
+    near = [json.loads(line) for line in near_lines.splitlines()]
+    far = [json.loads(line) for line in far_lines.splitlines()]
     assert far[0]["candidate"] == near[0]["candidate"]  # the others tie exactly (planted)
     by_file = {hit["candidate"]: hit["score"] for hit in near}
     assert {hit["candidate"]: hit["score"] for hit in far} == pytest.approx(by_file, abs=1e-5)
-    topk = runner.invoke(app, [*args, "--cluster", "local", "-m", "topk"])
-    assert topk.exit_code == 0 and "topk run in this process" in topk.stderr
+    for got, want in zip(far, near, strict=True):
+        # the heaviest row, then the weights (the planted bank's other rows tie exactly)
+        got_bridge, want_bridge = got.get("bridge", []), want.get("bridge", [])
+        assert [(b["row"], b["text"]) for b in got_bridge[:1]] == [
+            (b["row"], b["text"]) for b in want_bridge[:1]
+        ]
+        assert [b["weight"] for b in got_bridge] == pytest.approx(
+            [b["weight"] for b in want_bridge], rel=1e-4, abs=1e-7
+        )
+        if "effective_sample_size" in want:
+            assert got["effective_sample_size"] == pytest.approx(
+                want["effective_sample_size"], rel=1e-4
+            )
+        assert got.get("caption") == want.get("caption")
+    return far
+
+
+@pytest.mark.parametrize("method", ["lse", "topk", "caption"])
+def test_every_method_and_explain_run_on_the_actors_and_the_driver_reads_no_bank_row(
+    ray_cluster, plugin, tmp_path, media_dir, monkeypatch, method
+):
+    from ucl_cli.distributed.rows import RemoteRows
+
+    runner = CliRunner()
+    index_planted(runner, tmp_path / "corpus.txt", BANK_TEXTS, "sharded", "--shard-size", "3")
+    args = ["query", str(media_dir / "images" / "concept2.png"), "-c", str(media_dir / "audio"),
+            "--bank", "sharded", "--device", "cpu", "--format", "jsonl", "-n", "3",
+            "--explain", "2", "-m", method]  # fmt: skip
+    here = runner.invoke(app, args)
+
+    def refuse(self):
+        raise AssertionError("the driver read a bank row the cluster holds")
+
+    monkeypatch.setattr(RemoteRows, "local", refuse)
+    there = runner.invoke(app, [*args, "--cluster", "local"])
+    assert here.exit_code == 0 and there.exit_code == 0, there.output
+    assert "in this process" not in there.stderr
+    far = assert_same_hits(there.stdout, here.stdout)
+    if method != "caption":
+        assert far[0]["bridge"][0]["text"] == "concept 2"
 
 
 @pytest.mark.slow
@@ -166,9 +240,10 @@ def test_cli_eval_on_a_local_cluster_equals_the_in_process_eval(
     reports = []
     for extra in ([], ["--cluster", "local"]):
         out = tmp_path / f"eval{len(extra)}.json"
-        result = runner.invoke(app, ["eval", str(pairs), "--bank", "sharded", "-m", "lse",
+        result = runner.invoke(app, ["eval", str(pairs), "--bank", "sharded",
+                                     "-m", "lse,caption,topk", "--bank-sizes", "4",
                                      "--trials", "5", "--candidates", "3", "--device", "cpu",
                                      "--out", str(out), *extra])  # fmt: skip
         assert result.exit_code == 0, result.output
         reports.append(json.loads(out.read_text())["results"])
-    assert reports[0] == reports[1]
+    assert reports[0] == reports[1]  # every method at every bank size, on the actors

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from ucl_cli.bank import Bank
     from ucl_cli.bank.nearest import CertifiedNearest, LazyNearest
+    from ucl_cli.distributed.rows import RemoteBridge
     from ucl_cli.encoders.base import Encoder
 
     # A search over one side's bank that also bounds every row it did not return, overall and
@@ -234,7 +235,16 @@ def calibrated_method_names() -> tuple[str, ...]:
     return tuple(m.name for m in METHOD_TABLE.values() if m.calibrates)
 
 
-# The scoring functions as the table calls them; each imports the arithmetic (torch) on use.
+# The scoring functions as the table calls them; each imports the arithmetic (torch) on use,
+# and sends the work to the cluster's actors when they hold the bridge's bank (`--cluster`).
+
+
+def remote_bridge(bridge: Bridge) -> RemoteBridge | None:
+    """The bridge as a Ray cluster holds it (`ucl_cli.distributed.rows`, NumPy only), else
+    None."""
+    from ucl_cli.distributed.rows import remote_bridge as held_by_cluster
+
+    return held_by_cluster(bridge)
 
 
 def _lse(
@@ -245,11 +255,10 @@ def _lse(
     top: int,
 ) -> Scores:
     from ucl_cli.bridge.scoring import lse_scores
-    from ucl_cli.distributed.rows import cluster_lse  # NumPy only: no Ray unless --cluster
 
-    on_cluster = cluster_lse(bridge, queries, candidates, settings.calibration)
-    if on_cluster is not None:  # the bank's rows are summed by the actors holding its shards
-        return on_cluster
+    remote = remote_bridge(bridge)
+    if remote is not None:  # the bank's rows are summed by the actors holding its shards
+        return remote.lse(queries, candidates, settings.calibration)
     return lse_scores(
         bridge, queries, candidates, device=settings.device, calibration=settings.calibration
     )
@@ -264,6 +273,9 @@ def _topk(
 ) -> Scores:
     from ucl_cli.bridge.scoring import topk_scores
 
+    remote = remote_bridge(bridge)
+    if remote is not None:  # each round's bounds from the actors holding the bank's shards
+        return remote.topk(queries, candidates, settings, top)
     return topk_scores(
         bridge,
         queries,
@@ -297,6 +309,9 @@ def _caption(
 ) -> Scores:
     from ucl_cli.bridge.scoring import caption_scores
 
+    remote = remote_bridge(bridge)
+    if remote is not None:  # each shard's best row, found by the actor holding it
+        return remote.caption(queries, candidates)
     return caption_scores(bridge, queries, candidates, device=settings.device)
 
 

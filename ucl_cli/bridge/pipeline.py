@@ -379,6 +379,7 @@ def _explanations(
     options: QueryOptions,
 ) -> dict[tuple[int, int], tuple[tuple[BridgeWeight, ...], float]]:
     """The bank rows that carried each shown (query, candidate) pair's score, and its ESS."""
+    from ucl_cli.bridge.methods import remote_bridge
     from ucl_cli.bridge.scoring import explain
 
     pairs = [
@@ -387,15 +388,21 @@ def _explanations(
         for position in range(top)
     ]
     scoring = options.scoring
-    explanation = explain(
-        bridge,
-        queries,
-        candidates,
-        pairs,
-        options.explain,
-        device=scoring.device,
-        calibration=scoring.calibration,
-    )
+    remote = remote_bridge(bridge)
+    if remote is not None:  # each shard's heaviest rows, from the actor holding it
+        explanation = remote.explain(
+            queries, candidates, pairs, options.explain, scoring.calibration
+        )
+    else:
+        explanation = explain(
+            bridge,
+            queries,
+            candidates,
+            pairs,
+            options.explain,
+            device=scoring.device,
+            calibration=scoring.calibration,
+        )
     out = {}
     for p, pair in enumerate(pairs):
         # A pair with no finite path lists no rows (NO_ROW, weight 0): nothing carried it.

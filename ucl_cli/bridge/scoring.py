@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -46,7 +46,11 @@ from ucl_cli.estimators import (
     topk_bridge_bounds,
 )
 from ucl_cli.estimators.bridge import _full_precision_matmul
-from ucl_cli.estimators.calibrated import combine_calibrated, partial_calibrated_scores
+from ucl_cli.estimators.calibrated import (
+    CalibratedPartial,
+    combine_calibrated,
+    partial_calibrated_scores,
+)
 from ucl_cli.estimators.explain import Explanation
 from ucl_cli.estimators.topk import (
     GroupedRest,
@@ -79,10 +83,25 @@ def lse_scores(
     # Temperatures ride on the logit scales (`Bridge.tempered`), as in topk and explain: the
     # products are scaled once, with no second pass over each chunk to temper it.
     tempered = bridge.tempered(calibration)
-    normalize_only = Calibration(normalize=calibration.normalize)
+    parts = lse_parts(tempered, queries, candidates, calibration.normalize, device, chunk)
+    values = combine_calibrated(parts)
+    return Scores(values, _order(values))
+
+
+def lse_parts(
+    bridge: Bridge,
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    normalize: str = "none",
+    device: str = "cpu",
+    chunk: int = BANK_CHUNK,
+) -> list[CalibratedPartial]:
+    """The bridge sums of each bank chunk (of an already tempered bridge), for
+    `combine_calibrated` to join: here for the whole bank, on a Ray actor for its shards."""
+    normalize_only = Calibration(normalize=normalize)
     q = _tensor(queries, device)
     c = _tensor(candidates, device)
-    query_side, candidate_side = tempered.query_side, tempered.candidate_side
+    query_side, candidate_side = bridge.query_side, bridge.candidate_side
     parts = []
     for (_, query_rows), (_, candidate_rows) in zip(
         _bank_chunks(query_side, device, chunk),
@@ -92,8 +111,7 @@ def lse_scores(
         left = query_side.scale * (q @ query_rows.T)
         right = candidate_side.scale * (candidate_rows @ c.T)
         parts.append(partial_calibrated_scores(left, right, normalize_only))
-    values = combine_calibrated(parts)
-    return Scores(values, _order(values))
+    return parts
 
 
 def topk_scores(
@@ -108,11 +126,8 @@ def topk_scores(
     calibration: Calibration | None = None,
 ) -> Scores:
     """Certified top-T bounds: T = `nearest_rows` nearest bank rows per candidate, and per query
-    T from `QUERY_NEAREST_ROWS` up. Until the first `top` positions are certified, each round
-    grows the queries' T 4x (up to `max_nearest_rows`) and visits 4x more lists for the
-    candidates whose bounds block those positions; it stops when a round no longer helps (no
-    more positions certified and the widest leading bound not even halved) or nothing is left
-    to grow.
+    T from `QUERY_NEAREST_ROWS` up, grown round by round (`topk_rounds`) until the first `top`
+    positions are certified or growing no longer helps.
 
     The query side is computed exactly, in one pass over the bank (N queries are few; this is
     the cheap side of the bridge): its top T rows, and the exact mass of its row outside them
@@ -133,15 +148,14 @@ def topk_scores(
         raise UsageError("the topk method needs a nearest-neighbour index on the candidate side")
     calibration = calibration or Calibration()
     tempered = bridge.tempered(calibration)
-    normalize = calibration.normalize == "candidates"
     with _full_precision_matmul():  # the rounding bounds assume true float32 products
-        normalizer = (
-            candidate_normalizers(tempered.candidate_side, candidates, device)
-            if normalize
-            else None
-        )
-        return _topk_rounds(
-            tempered, queries, candidates, top, nearest_rows, max_nearest_rows, device, normalizer
+        source = BankBounds(tempered, queries, candidates, nearest_rows, device)
+        return topk_rounds(
+            source,
+            top=top,
+            nearest_rows=nearest_rows,
+            max_nearest_rows=max_nearest_rows,
+            normalize=calibration.normalize == "candidates",
         )
 
 
@@ -152,61 +166,171 @@ def candidate_normalizers(
     chunk at a time (float32 products, as `PathLimits` bounds them, summed in float64). Each
     value is within `PathLimits.right_error` of the exact one (a logsumexp moves by no more
     than the largest change of its terms)."""
+    if len(side.bank) == 0:
+        raise UsageError("the bank is empty: no normaliser to compute")
+    return candidate_bank_sums(side, candidates, device, chunk) - math.log(len(side.bank))
+
+
+def candidate_bank_sums(
+    side: BridgeSide, candidates: np.ndarray, device: str = "cpu", chunk: int = BANK_CHUNK
+) -> torch.Tensor:
+    """[K] float64: logsumexp_m(scale <x_m, y_k>) over every row of `side` (-inf for none):
+    a normaliser before the mean, so that the sums of a bank's parts add up (logaddexp)."""
     c = _tensor(candidates, device)
     total = torch.full((c.shape[0],), -torch.inf, dtype=torch.float64, device=device)
-    count = 0
     for _, rows in _bank_chunks(side, device, chunk):
         values = side.scale * (rows @ c.T)  # [chunk, K], float32 as every other path value
         total = torch.logaddexp(total, torch.logsumexp(values.double(), dim=0))
-        count += rows.shape[0]
-    if count == 0:
-        raise UsageError("the bank is empty: no normaliser to compute")
-    return total - math.log(count)
+    return total
 
 
-def _topk_rounds(
-    bridge: Bridge,
-    queries: np.ndarray,
-    candidates: np.ndarray,
+class BoundsSource(Protocol):
+    """What `topk_rounds` asks each round: bounds for the queries' T and the candidates' visited
+    lists. The bank in this process (`BankBounds`) or its shards on a cluster
+    (`ucl_cli.distributed.bridge_topk`) answer; the rounds decide what to grow. `lists`,
+    `default_nprobe` and `normalizer` are asked after the first `bounds` (a cluster learns
+    them from its shards' first answers)."""
+
+    @property
+    def bank_size(self) -> int:
+        """M: the rows the score averages over."""
+        ...
+
+    def bounds(self, t: int, nprobe: np.ndarray | None) -> BridgeBounds:
+        """[N, K] bounds on log(1/M sum_m exp(left + right)) (not normalised) from each query's
+        T nearest rows and each candidate's search visiting nprobe[k] lists (None: each
+        index's default)."""
+        ...
+
+    def lists(self) -> int:
+        """The most IVF lists a search can visit (1 for Flat: it visits every row)."""
+        ...
+
+    def default_nprobe(self) -> int:
+        """The lists a first search visits (what nprobe None meant)."""
+        ...
+
+    def normalizer(self) -> tuple[torch.Tensor, float]:
+        """([K] float64 normalisers, how far each may be from the exact one)."""
+        ...
+
+
+def topk_rounds(
+    source: BoundsSource,
+    *,
     top: int,
     nearest_rows: int,
     max_nearest_rows: int,
-    device: str,
-    normalizer: torch.Tensor | None = None,
+    normalize: bool = False,
 ) -> Scores:
-    candidate_side = bridge.candidate_side
-    nearest = candidate_side.nearest
-    limits = PathLimits.of(bridge, queries, candidates)
-    left = _full_left(_tensor(queries, device), bridge.query_side, device)  # [N, M]
-    bank_size = left.shape[1]
-    needed = min(top, candidates.shape[0])
-    # The candidates are searched with T = nearest_rows. Two things then grow, each where it helps:
-    # the queries' T (cheap: a top-k over rows already computed, so it starts larger), and the
-    # lists visited for just the candidates whose bounds still block the leading positions.
-    t_candidates = min(nearest_rows, bank_size)
-    found = nearest(candidates, t_candidates)
-    nprobe = np.full(candidates.shape[0], nearest.default_nprobe())
+    """Bounds certified round by round until the first `top` positions are. Two things grow,
+    each where it helps: the queries' T 4x (cheap: exact, so it starts at
+    `QUERY_NEAREST_ROWS`, up to `max_nearest_rows`), and 4x the lists visited for just the
+    candidates whose bounds block those positions. Stops when a round no longer helps (no more
+    positions certified and the widest leading bound not even halved) or nothing is left to
+    grow. With `normalize`, every round's bounds less the source's normaliser (computed once),
+    widened by its error."""
+    bank_size = source.bank_size
     t = min(max(nearest_rows, QUERY_NEAREST_ROWS), max_nearest_rows, bank_size)
+    nprobe: np.ndarray | None = None  # the first round searches at each index's default
+    normalizer: tuple[torch.Tensor, float] | None = None
     previous: tuple[int, float] | None = None
     while True:
-        scores = _bounded_scores(
-            left, candidates, found, candidate_side, t, limits, device, normalizer
-        )
+        bounds = source.bounds(t, nprobe)
+        if normalize:
+            if normalizer is None:
+                normalizer = source.normalizer()
+            bounds = _normalised(bounds, *normalizer)
+        scores = _ranked(bounds)
+        candidates = scores.lower.shape[1]
+        needed = min(top, candidates)
+        if nprobe is None:
+            nprobe = np.full(candidates, source.default_nprobe())
         leading = int(scores.certified.int().cumprod(dim=1).sum(dim=1).min())
         width = _leading_width(scores, needed)
         if leading >= needed:
             return scores
         if previous is not None and leading <= previous[0] and width > 0.5 * previous[1]:
             return scores  # growing no longer tightens the bounds
-        blocking = _blocking(scores, needed) & (nprobe < nearest.lists())
+        lists = source.lists()
+        blocking = _blocking(scores, needed) & (nprobe < lists)
         if t >= min(max_nearest_rows, bank_size) and not blocking.any():
             return scores
         previous = (leading, width)
         t = min(t * 4, max_nearest_rows, bank_size)
-        nprobe[blocking] = np.minimum(nprobe[blocking] * 4, nearest.lists())
-        for value in np.unique(nprobe[blocking]):
-            which = np.flatnonzero(blocking & (nprobe == value))
-            found = found.with_rows(which, nearest(candidates[which], t_candidates, int(value)))
+        nprobe = np.where(blocking, np.minimum(nprobe * 4, lists), nprobe)
+
+
+class BankBounds:
+    """`topk`'s bounds over a bank held in this process (`BoundsSource`): the query side exact,
+    computed once; the candidates searched once and searched again only where a round asks
+    them to visit more lists. `row_norm`s of the bridge's sides may be a larger bank's (a
+    shard scored for the whole), so that every part shares one `PathLimits`."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        queries: np.ndarray,
+        candidates: np.ndarray,
+        nearest_rows: int,
+        device: str = "cpu",
+    ) -> None:
+        self._side = bridge.candidate_side
+        self._candidates = candidates
+        self._device = device
+        self.limits = PathLimits.of(bridge, queries, candidates)
+        self._left = _full_left(_tensor(queries, device), bridge.query_side, device)  # [N, M]
+        self._nearest_rows = min(nearest_rows, self.bank_size)
+        self._found: Neighbours | None = None
+        self._searched: np.ndarray | None = None  # [K] lists each candidate's search visited
+
+    @property
+    def bank_size(self) -> int:
+        return self._left.shape[1]
+
+    def bounds(self, t: int, nprobe: np.ndarray | None) -> BridgeBounds:
+        self._search(nprobe)
+        assert self._found is not None
+        return _bounds(
+            self._left, self._candidates, self._found, self._side, t, self.limits, self._device
+        )
+
+    def lists(self) -> int:
+        return self._side.nearest.lists()
+
+    def default_nprobe(self) -> int:
+        return self._side.nearest.default_nprobe()
+
+    def normalizer(self) -> tuple[torch.Tensor, float]:
+        values = candidate_normalizers(self._side, self._candidates, self._device)
+        return values, self.limits.right_error
+
+    def _search(self, nprobe: np.ndarray | None) -> None:
+        """Search every candidate at the default first; then again, one search per count of
+        lists, just those asked to visit other than they did."""
+        nearest = self._side.nearest
+        if self._found is None:
+            self._found = nearest(self._candidates, self._nearest_rows)
+            self._searched = np.full(len(self._candidates), nearest.default_nprobe())
+        if nprobe is None:
+            return
+        changed = nprobe != self._searched
+        for value in np.unique(nprobe[changed]):
+            which = np.flatnonzero(changed & (nprobe == value))
+            wider = nearest(self._candidates[which], self._nearest_rows, int(value))
+            self._found = self._found.with_rows(which, wider)
+        self._searched = np.array(nprobe)
+
+
+def _ranked(bounds: BridgeBounds) -> Scores:
+    ranking = certify_ranking(bounds)
+    return Scores(
+        bounds.estimate,
+        ranking.order,
+        certified=ranking.certified,
+        lower=bounds.lower,
+        upper=bounds.upper,
+    )
 
 
 def _blocking(scores: Scores, needed: int) -> np.ndarray:
@@ -251,8 +375,26 @@ class PathLimits:
     @classmethod
     def of(cls, bridge: Bridge, queries: np.ndarray, candidates: np.ndarray) -> PathLimits:
         query_side, candidate_side = bridge.query_side, bridge.candidate_side
-        left = query_side.scale * _largest_norm(queries) * query_side.row_norm
-        right = candidate_side.scale * _largest_norm(candidates) * candidate_side.row_norm
+        return cls.between(
+            queries,
+            candidates,
+            scales=(query_side.scale, candidate_side.scale),
+            row_norms=(query_side.row_norm, candidate_side.row_norm),
+        )
+
+    @classmethod
+    def between(
+        cls,
+        queries: np.ndarray,
+        candidates: np.ndarray,
+        *,
+        scales: tuple[float, float],
+        row_norms: tuple[float, float],
+    ) -> PathLimits:
+        """From the two sides' scales and largest bank row norms alone: what a driver that
+        holds no bank rows knows."""
+        left = scales[0] * _largest_norm(queries) * row_norms[0]
+        right = scales[1] * _largest_norm(candidates) * row_norms[1]
         left_error = left * dot_rounding_bound(queries.shape[1] + 2)
         right_error = right * dot_rounding_bound(candidates.shape[1] + 2)
         return cls(
@@ -267,7 +409,7 @@ def _largest_norm(vectors: np.ndarray) -> float:
     return largest_row_norm(np.asarray(vectors)) if len(vectors) else 0.0
 
 
-def _bounded_scores(
+def _bounds(
     left: torch.Tensor,
     candidates: np.ndarray,
     found: Neighbours,
@@ -275,8 +417,9 @@ def _bounded_scores(
     t: int,
     limits: PathLimits,
     device: str,
-    normalizer: torch.Tensor | None = None,
-) -> Scores:
+) -> BridgeBounds:
+    """Bounds on the (unnormalised) score from the queries' exact row `left` [N, M] and the
+    candidates' search `found`."""
     left_top = top_entries(left, t)  # the T-th value bounds every other row
     scale = candidate_side.scale
     right_top = _scaled_top(found.values, found.rows, found.ceiling, scale, device)
@@ -287,7 +430,7 @@ def _bounded_scores(
     right_at_left_top = scale * (query_bank_rows @ c.T).reshape(*left_top.indices.shape, -1)
     left_at_right_top = left[:, right_top.indices]  # [N, K, T]
     rest = _grouped_rest(left, left_top.indices, found, candidate_side, candidates, device)
-    bounds = topk_bridge_bounds(
+    return topk_bridge_bounds(
         left_top,
         right_top,
         right_at_left_top,
@@ -297,16 +440,6 @@ def _bounded_scores(
         right_floor=limits.right_floor,
         rest=rest,
         value_error=limits.value_error,
-    )
-    if normalizer is not None:
-        bounds = _normalised(bounds, normalizer, limits.right_error)
-    ranking = certify_ranking(bounds)
-    return Scores(
-        bounds.estimate,
-        ranking.order,
-        certified=ranking.certified,
-        lower=bounds.lower,
-        upper=bounds.upper,
     )
 
 
@@ -398,18 +531,27 @@ def caption_scores(
     chunk: int = BANK_CHUNK,
 ) -> Scores:
     """Pick each query's best bank row, then rank candidates against that row (scaled)."""
-    q = _tensor(queries, device)
-    best_value = torch.full((q.shape[0],), -torch.inf, device=device)
-    best_row = torch.zeros(q.shape[0], dtype=torch.long, device=device)
-    for m0, rows in _bank_chunks(bridge.query_side, device, chunk):
-        value, row = (q @ rows.T).max(dim=1)
-        better = value > best_value
-        best_value = torch.where(better, value, best_value)
-        best_row = torch.where(better, row + m0, best_row)
+    _, best_row = caption_rows(bridge.query_side, queries, device=device, chunk=chunk)
     candidate_side = bridge.candidate_side
     captions = _tensor(candidate_side.bank[best_row.cpu().numpy()], device)
     values = candidate_side.scale * (captions @ _tensor(candidates, device).T)
     return Scores(values, _order(values), bank_rows=best_row)
+
+
+def caption_rows(
+    side: BridgeSide, queries: np.ndarray, *, device: str = "cpu", chunk: int = BANK_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's best bank row: ([N] its unscaled product, [N] the row), the first row on
+    a tie (a bank split in parts picks the same row by taking the first part's on a tie)."""
+    q = _tensor(queries, device)
+    best_value = torch.full((q.shape[0],), -torch.inf, device=device)
+    best_row = torch.zeros(q.shape[0], dtype=torch.long, device=device)
+    for m0, rows in _bank_chunks(side, device, chunk):
+        value, row = (q @ rows.T).max(dim=1)
+        better = value > best_value
+        best_value = torch.where(better, value, best_value)
+        best_row = torch.where(better, row + m0, best_row)
+    return best_value, best_row
 
 
 def explain(
@@ -451,11 +593,17 @@ def _tensor(array: np.ndarray, device: str) -> torch.Tensor:
 
 __all__ = [
     "BANK_CHUNK",
+    "BankBounds",
+    "BoundsSource",
     "PathLimits",
+    "candidate_bank_sums",
     "candidate_normalizers",
+    "caption_rows",
     "caption_scores",
     "direct_scores",
     "explain",
+    "lse_parts",
     "lse_scores",
+    "topk_rounds",
     "topk_scores",
 ]

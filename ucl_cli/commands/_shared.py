@@ -84,49 +84,28 @@ CLUSTER = typer.Option(
     None,
     "--cluster",
     metavar="auto|local|ray://HOST:PORT",
-    help="Sum lse over the bank's shards on Ray actors: auto (a running Ray cluster), local "
+    help="Score over the bank's shards on Ray actors: auto (a running Ray cluster), local "
     "(start one on this machine) or ray://HOST:PORT. Default: UCL_CLUSTER, else in this "
-    "process. Other methods and --explain run in this process (docs/SCALING.md).",
+    "process (docs/SCALING.md).",
     show_default=False,
 )
 
 
-def cluster_bank(
-    bank: Bank,
-    spec: str,
-    methods: Sequence[str],
-    console: Console,
-    *,
-    local_too: str = "",
-    remote: Sequence[str] = (),
-) -> Any:
-    """The bank, its lse sums on the cluster `spec` names (`ucl_cli.distributed`); says once on
-    stderr what still runs in this process (`methods` other than lse and `remote`, and
-    `local_too`)."""
-    from rich.markup import escape
+def actor_pool(spec: str) -> Any:
+    """The Ray actors of this run on the cluster `spec` names (`ucl_cli.distributed`), shared
+    by the bank and the collections; started on the first request, closed on exit."""
+    from ucl_cli.distributed.driver import ActorPool
 
+    return ActorPool(spec)
+
+
+def cluster_bank(bank: Bank, pool: Any) -> Any:
+    """The bank, held by the pool's actors: every method that reads its rows asks them (the
+    driver keeps none); closing it releases its shards, not the pool."""
     from ucl_cli.distributed.driver import ClusterScorer
     from ucl_cli.distributed.rows import ClusterBank
 
-    here = [method for method in methods if method != "lse" and method not in remote]
-    if local_too:
-        here.append(local_too)
-    if here:
-        console.print(
-            f"[yellow]ucl:[/] --cluster {escape(spec)}: only lse sums over the bank on the "
-            f"cluster yet; {escape(', '.join(here))} run in this process over the whole bank",
-            soft_wrap=True,
-        )
-    return ClusterBank(bank, ClusterScorer(bank, spec))
-
-
-def cluster_collection(collection: Bank, spec: str) -> Any:
-    """A collection whose shards Ray actors search for `topk` (`ClusterScorer.collection_top`);
-    its actors start on the first search."""
-    from ucl_cli.distributed.driver import ClusterScorer
-    from ucl_cli.distributed.rows import ClusterBank
-
-    return ClusterBank(collection, ClusterScorer(collection, spec))
+    return ClusterBank(bank, ClusterScorer(bank, pool))
 
 
 TEMPERATURE = typer.Option(

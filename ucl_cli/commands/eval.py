@@ -30,6 +30,7 @@ from ucl_cli.commands._shared import (
     TEMPERATURE,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
+    actor_pool,
     calibration_option,
     cluster_bank,
     load_models_and_bank,
@@ -216,10 +217,8 @@ def evaluate_command(
     ):
         scored = opened
         if on_cluster is not None:
-            smaller = "the smaller --bank-sizes" if options.bank_sizes else ""
-            scored = held.enter_context(
-                cluster_bank(opened, on_cluster, options.methods, stderr, local_too=smaller)
-            )
+            pool = held.enter_context(actor_pool(on_cluster))
+            scored = held.enter_context(cluster_bank(opened, pool))
         report = evaluate(
             pairs,
             encoders=loaded.encoders,

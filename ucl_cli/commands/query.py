@@ -39,10 +39,10 @@ from ucl_cli.commands._shared import (
     TEMPERATURE,
     TEXT_AUDIO_MODEL,
     TEXT_AUDIO_WEIGHTS,
+    actor_pool,
     bank_rows,
     calibration_option,
     cluster_bank,
-    cluster_collection,
     load_models_and_bank,
     nearest_options,
     plural,
@@ -325,19 +325,10 @@ def query(
             for path in collection_dirs
         ]
         scored = opened
-        if on_cluster is not None:
-            explained = "--explain" if explain and method_named(method).explains else ""
-            # collections' topk runs on the cluster; over files, in this process
-            on_actors = ["topk"] if libraries and not candidates else []
-            scored = held.enter_context(
-                cluster_bank(
-                    opened, on_cluster, [method], console, local_too=explained, remote=on_actors
-                )
-            )
-            libraries = [
-                held.enter_context(cluster_collection(library, on_cluster))
-                for library in libraries
-            ]
+        if on_cluster is not None:  # one pool of actors holds the bank and the collections
+            pool = held.enter_context(actor_pool(on_cluster))
+            scored = held.enter_context(cluster_bank(opened, pool))
+            libraries = [held.enter_context(cluster_bank(library, pool)) for library in libraries]
         listener = Listener(
             on_skip=on_skip,
             on_query_skip=on_query_skip,
@@ -360,7 +351,7 @@ def query(
         + (f" (collections {escape(', '.join(collections))})" if collections else "")
         + f" with {method}"
         + ("" if calibration.is_paper else f" ({calibration.describe()})")
-        + ("" if on_cluster is None else f" (lse on Ray cluster {escape(on_cluster)})")
+        + ("" if on_cluster is None else f" (on Ray cluster {escape(on_cluster)})")
         + " over bank "
         f"{escape(opened.name)} ({bank_rows(len(opened), opened.modality)}); embedded "
         f"{plural(report.embedded, 'file')}, {report.cached:,} from the cache"

@@ -57,6 +57,7 @@ def connect(spec: str, *, num_cpus: int | None = None) -> bool:
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if spec == "local":
         ray.init(
+            address="local",  # a new cluster, even where a crashed one left its address behind
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",  # a local cluster listens on loopback only

@@ -5,19 +5,61 @@ a candidate a shard leaves out is below that shard's ceiling. So each actor runs
 search (`bridge.collection_search`: the list walk over the shard's own saved index) on each
 shard it holds and returns its leaders, their bounds and its ceiling; the driver renumbers the
 rows, merges the shards' leaders and certifies the union (`candidate_sources.Leaders`), exactly
-as one process merges several collections. The bridge bank travels with the request (both of
-its matrices, once per call through Ray's object store): every shard's score needs all of it.
+as one process merges several collections. Every shard's score needs the whole bridge bank:
+a bank the cluster holds travels as the names of its shards, which each actor maps from disk
+once (`BridgeRows`); a bank held in this process travels with the request (its two matrices,
+once per call through Ray's object store).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from ucl_cli.calibration import Calibration
+from ucl_cli.distributed.actor import ShardHost, ShardRef
+
+# Bridge banks joined from their shards, per actor process: (shard paths, model) -> rows.
+_JOINED: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
+_JOINED_KEPT = 4
+
+
+@dataclass(frozen=True)
+class BridgeRows:
+    """One model's bridge bank as an actor reads it: a matrix sent with the request, or the
+    bank's shards (`shards`, with `key`), mapped on the actor and joined once per process."""
+
+    matrix: np.ndarray | None = None
+    shards: tuple[ShardRef, ...] = ()
+    key: str = ""
+
+    def read(self, host: ShardHost) -> np.ndarray:
+        if self.matrix is not None:
+            return self.matrix
+        if len(self.shards) == 1:
+            return host.bank(self.shards[0]).vectors(self.key)  # the memory map, as it is
+        name = (tuple(shard.path for shard in self.shards), self.key)
+        if name not in _JOINED:
+            if len(_JOINED) >= _JOINED_KEPT:
+                _JOINED.pop(next(iter(_JOINED)))
+            joined = np.concatenate([host.bank(shard).vectors(self.key) for shard in self.shards])
+            joined.flags.writeable = False
+            _JOINED[name] = joined
+        return _JOINED[name]
+
+
+def bridge_rows(side_bank: Any) -> BridgeRows:
+    """How one side of a bridge travels (module doc)."""
+    from ucl_cli.distributed.rows import RemoteRows
+
+    if isinstance(side_bank, RemoteRows):
+        if side_bank.rows is not None:
+            raise ValueError("a collection is searched through a whole bridge bank only")
+        return BridgeRows(shards=tuple(side_bank.scorer.shards), key=side_bank.key)
+    return BridgeRows(matrix=np.ascontiguousarray(side_bank, dtype=np.float32))
 
 
 @dataclass(frozen=True)
@@ -25,8 +67,8 @@ class TopRequest:
     """What every actor needs for one batch of queries over its collection shards."""
 
     candidate_key: str  # the model whose vectors the collection holds
-    query_bank: np.ndarray  # [M, d1] the bridge bank as the query model embeds it
-    candidate_bank: np.ndarray  # [M, d2] ... as the candidate model does
+    query_bank: BridgeRows  # [M, d1] the bridge bank as the query model embeds it
+    candidate_bank: BridgeRows  # [M, d2] ... as the candidate model does
     query_scale: float
     candidate_scale: float
     query_row_norm: float
@@ -35,6 +77,12 @@ class TopRequest:
     keep: int
     calibration: Calibration
     max_nearest_rows: int
+
+    what: ClassVar[str] = "certified top candidates"
+
+    def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WireLeaders | None:
+        """The shard's certified top (None for an empty shard: it adds no candidate)."""
+        return shard_top(bank, self, host) if len(bank) else None
 
 
 @dataclass(frozen=True)
@@ -69,8 +117,8 @@ def request_for(
     query_side, candidate_side = bridge.query_side, bridge.candidate_side
     return TopRequest(
         candidate_key=candidate_key,
-        query_bank=np.ascontiguousarray(query_side.bank, dtype=np.float32),
-        candidate_bank=np.ascontiguousarray(candidate_side.bank, dtype=np.float32),
+        query_bank=bridge_rows(query_side.bank),
+        candidate_bank=bridge_rows(candidate_side.bank),
         query_scale=query_side.scale,
         candidate_scale=candidate_side.scale,
         query_row_norm=query_side.row_norm,
@@ -82,26 +130,33 @@ def request_for(
     )
 
 
-def shard_top(shard: Any, request: TopRequest) -> WireLeaders:
+def shard_top(shard: Any, request: TopRequest, host: ShardHost) -> WireLeaders:
     """The certified top `keep` of one collection shard (an opened bank), on this process."""
     from ucl_cli.bridge.collection_search import certified_collection_top
     from ucl_cli.bridge.methods import Bridge, BridgeSide, ScoringSettings
 
     bridge = Bridge(
-        BridgeSide(request.query_bank, request.query_scale, None, request.query_row_norm),
         BridgeSide(
-            request.candidate_bank, request.candidate_scale, None, request.candidate_row_norm
+            request.query_bank.read(host), request.query_scale, None, request.query_row_norm
+        ),
+        BridgeSide(
+            request.candidate_bank.read(host),
+            request.candidate_scale,
+            None,
+            request.candidate_row_norm,
         ),
     )
     key = request.candidate_key
     settings = ScoringSettings(
-        calibration=request.calibration, max_nearest_rows=request.max_nearest_rows
+        device=host.device,
+        calibration=request.calibration,
+        max_nearest_rows=request.max_nearest_rows,
     )
     found = certified_collection_top(
         bridge,
         request.queries,
         shard.vectors(key),
-        shard.nearest(key),
+        shard.nearest(key, host.device),
         shard.row_norm(key),
         min(request.keep, len(shard)),
         settings,

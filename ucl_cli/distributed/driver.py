@@ -1,39 +1,45 @@
-"""The driver side: shards placed on actors, each batch's work sent out, failures retried or
-moved to other actors, and every shard's partial sums combined into the scores.
+"""The driver side: shards placed on actors, each request sent to the actors holding the
+shards, failures retried or moved to other actors, and every shard's answer gathered (what is
+asked and how the answers combine is the request's: `rows.RemoteBridge`, `collection_tops`).
 
 A score is never computed over part of the bank. Ray first restarts a dead actor and retries
 its call (`actor.MAX_RESTARTS`, `MAX_TASK_RETRIES`); an actor that stays dead has its shards
 moved to the living ones (or, when none is left, to a new actor), each shard up to
-`SHARD_ATTEMPTS` times; a shard whose sums still do not come back (or whose actor reports an
-error, such as a damaged shard) makes the whole call fail with a `ClusterError` that names it.
+`SHARD_ATTEMPTS` times. A call that stalls (a hung actor, or one Ray restarts where no CPU is
+free, as after a lost node) is treated alike once it has run `stall_seconds` and
+`STRAGGLER_FACTOR` times the slowest call answered: the actor is stopped and its shards moved.
+A shard whose answer still does not come back (or whose actor reports an error, such as a
+damaged shard) makes the whole call fail with a `ClusterError` that names it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ucl_cli.distributed.actor import ShardRef, remote_host_class
+from ucl_cli.distributed.actor import ShardRef, ShardRequest, remote_host_class
 from ucl_cli.distributed.cluster import connect, disconnect, import_ray
-from ucl_cli.distributed.partials import ScoreRequest
 from ucl_cli.distributed.placement import place_shards, reassign
 from ucl_cli.errors import UclError
 
 if TYPE_CHECKING:
-    from ucl_cli.bridge.methods import Bridge, Scores
-    from ucl_cli.calibration import Calibration
+    from ucl_cli.bridge.methods import Bridge
 
 SHARD_ATTEMPTS = 3  # tries per shard in one call, over actors, before the call fails
+STALL_SECONDS = 60.0  # a call out this long (and STRAGGLER_FACTOR x the slowest answered) stalls
+STRAGGLER_FACTOR = 4.0
+POLL_SECONDS = 1.0  # how often the driver looks for stalled calls
 MAX_REPLACEMENTS = 2  # new actors started per call when every actor has died
 START_SECONDS = 120.0  # for the actors to start and open their shards
 
 
 class ClusterError(UclError):
-    """Some shards' partial sums could not be computed: no score is returned."""
+    """Some shards' answers could not be computed: no score is returned."""
 
 
 def shard_refs(bank: Any) -> list[ShardRef]:
@@ -43,41 +49,125 @@ def shard_refs(bank: Any) -> list[ShardRef]:
     if paths is None:
         digest = hashlib.sha256((Path(bank.path) / "manifest.json").read_bytes()).hexdigest()
         return [ShardRef(bank.name, str(Path(bank.path).resolve()), digest, len(bank))]
+    starts = np.cumsum([0] + [record.count for record in bank.manifest.shards])
     return [
         ShardRef(record.name, str((Path(bank.path) / record.name).resolve()),
-                 record.manifest_sha256, record.count)
-        for record in bank.manifest.shards
+                 record.manifest_sha256, record.count, int(start))
+        for record, start in zip(bank.manifest.shards, starts, strict=False)
     ]  # fmt: skip
 
 
-class ClusterScorer:
-    """lse over a bank whose shards live on Ray actors. Started on first use (`start`), so a
-    run whose methods never sum over the bank starts no cluster; closed with `close`.
+class ActorPool:
+    """The Ray actors of one run, shared by every bank it reads (a bridge bank and the
+    collections searched through it: one actor may hold shards of each). Connects on first use,
+    so a run that never reads a bank starts no cluster; closed with `close`.
 
-    `actors`: how many (default: one per shard, at most the cluster's CPUs). `on_dispatch`
-    hears each round of calls sent, with the actors' handles (progress; tests kill one there).
+    `actors`: the most actors (default: the cluster's CPUs); a bank uses at most one per shard.
+    `on_dispatch` hears each round of calls sent, with the living actors' handles (progress;
+    tests kill one there).
     """
 
     def __init__(
         self,
-        bank: Any,
         spec: str,
         *,
         actors: int | None = None,
         on_dispatch: Callable[[dict[int, Any]], None] | None = None,
     ):
-        self.bank = bank
         self.spec = spec
-        self.shards = shard_refs(bank)
         self.requested_actors = actors
         self.on_dispatch = on_dispatch
         self.handles: dict[int, Any] = {}  # actor number -> handle (the living ones)
-        self.held: dict[int, list[int]] = {}  # actor number -> shard indices
-        self.reassigned: list[str] = []  # shards moved off a dead actor (for reports and tests)
-        self._started = False
+        self._connected = False
         self._owns_ray = False
-        self._next_actor = 0
+        self._limit = 1
         self._actor_cpus = 1.0
+        self._actor_gpus = 0.0
+        self._next_actor = 0
+
+    def grow(self, wanted: int) -> list[int]:
+        """The numbers of the living actors a bank of `wanted` shards uses (at most the limit),
+        starting as many as are missing."""
+        if not self._connected:
+            ray = import_ray()
+            self._owns_ray = connect(self.spec)
+            self._connected = True
+            resources = ray.cluster_resources()
+            cpus = float(resources.get("CPU", 1.0))
+            self._limit = self.requested_actors or max(1, int(cpus))
+            # More actors than CPUs share them (a whole CPU each would leave some never placed);
+            # on a cluster with GPUs each actor takes its share of one, and computes there.
+            self._actor_cpus = min(1.0, cpus / self._limit)
+            self._actor_gpus = min(1.0, float(resources.get("GPU", 0.0)) / self._limit)
+        target = max(1, min(wanted, self._limit))
+        while len(self.handles) < target:
+            self.spawn()
+        return sorted(self.handles)[:target]
+
+    def spawn(self) -> int:
+        number = self._next_actor
+        self._next_actor += 1
+        host = remote_host_class().options(num_cpus=self._actor_cpus, num_gpus=self._actor_gpus)
+        self.handles[number] = host.remote()
+        return number
+
+    def bury(self, actor: int) -> None:
+        self.handles.pop(actor, None)
+
+    def close(self) -> None:
+        if not self._connected:
+            return
+        ray = import_ray()
+        for handle in self.handles.values():
+            ray.kill(handle, no_restart=True)
+        self.handles.clear()
+        self._connected = False
+        if self._owns_ray:
+            disconnect()
+
+    def __enter__(self) -> ActorPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ClusterScorer:
+    """A bank whose shards live on the actors of a pool (`cluster`: an `ActorPool` shared by
+    the run, or a cluster spec for a pool of its own). Placed on first use (`start`); closed
+    with `close` (which closes the pool only when it is its own)."""
+
+    def __init__(
+        self,
+        bank: Any,
+        cluster: str | ActorPool,
+        *,
+        actors: int | None = None,
+        on_dispatch: Callable[[dict[int, Any]], None] | None = None,
+        stall_seconds: float = STALL_SECONDS,
+    ):
+        self.bank = bank
+        self.stall_seconds = stall_seconds
+        self._owns_pool = not isinstance(cluster, ActorPool)
+        self.pool = (
+            ActorPool(cluster, actors=actors, on_dispatch=on_dispatch)
+            if isinstance(cluster, str)
+            else cluster
+        )
+        self.shards = shard_refs(bank)
+        self.held: dict[int, list[int]] = {}  # actor number -> shard indices
+        self.reassigned: list[str] = []  # shards moved off a dead or stalled actor
+        self.stalled: list[int] = []  # actors stopped for stalling (for reports and tests)
+        self._started = False
+
+    @property
+    def spec(self) -> str:
+        return self.pool.spec
+
+    @property
+    def handles(self) -> dict[int, Any]:
+        """The pool's living actors."""
+        return self.pool.handles
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -85,28 +175,20 @@ class ClusterScorer:
         if self._started:
             return
         ray = import_ray()
-        self._owns_ray = connect(self.spec)
-        cpus = float(ray.cluster_resources().get("CPU", 1.0))
-        count = self.requested_actors or max(1, min(len(self.shards), int(cpus)))
-        # More actors than CPUs share them (a whole CPU each would leave some never placed).
-        self._actor_cpus = min(1.0, cpus / count)
-        placed = place_shards([shard.count for shard in self.shards], count)
-        for shards in placed:
-            if shards:
-                self._spawn(shards)
+        actors = self.pool.grow(len(self.shards))
+        placed = place_shards([shard.count for shard in self.shards], len(actors))
+        self.held = {actor: shards for actor, shards in zip(actors, placed, strict=True) if shards}
         opening = [
-            self.handles[a].open.remote([self.shards[s] for s in self.held[a]])
-            for a in self.handles
+            self.handles[a].open.remote([self.shards[s] for s in self.held[a]]) for a in self.held
         ]
+        self._started = True
         ready, waiting = ray.wait(opening, num_returns=len(opening), timeout=START_SECONDS)
         if waiting:
-            self._started = True
             self.close()
             raise ClusterError(
                 f"{len(waiting)} of {len(opening)} Ray actors did not start within "
                 f"{START_SECONDS:.0f} s on the cluster at {self.spec} (not enough CPUs free?)"
             )
-        self._started = True
         try:
             ray.get(ready)  # an actor that cannot open its shards says why here
         except ray.exceptions.RayError as err:
@@ -117,16 +199,10 @@ class ClusterScorer:
             ) from None
 
     def close(self) -> None:
-        if not self._started:
-            return
-        ray = import_ray()
-        for handle in self.handles.values():
-            ray.kill(handle, no_restart=True)
-        self.handles.clear()
         self.held.clear()
         self._started = False
-        if self._owns_ray:
-            disconnect()
+        if self._owns_pool:
+            self.pool.close()
 
     def __enter__(self) -> ClusterScorer:
         return self
@@ -136,32 +212,6 @@ class ClusterScorer:
 
     # -- scoring ----------------------------------------------------------------------------------
 
-    def lse_scores(
-        self,
-        bridge: Bridge,
-        keys: tuple[str, str],
-        queries: np.ndarray,
-        candidates: np.ndarray,
-        calibration: Calibration,
-    ) -> Scores:
-        """`ucl_cli.bridge.scoring.lse_scores`, with the bank's rows summed on the actors."""
-        from ucl_cli.bridge.methods import Scores
-        from ucl_cli.estimators.calibrated import combine_calibrated
-
-        tempered = bridge.tempered(calibration)
-        request = ScoreRequest(
-            query_key=keys[0],
-            candidate_key=keys[1],
-            query_scale=tempered.query_side.scale,
-            candidate_scale=tempered.candidate_side.scale,
-            queries=np.ascontiguousarray(queries, dtype=np.float32),
-            candidates=np.ascontiguousarray(candidates, dtype=np.float32),
-            normalize=calibration.normalize,
-        )
-        found = self.partials(request)
-        values = combine_calibrated([found[shard.name].to_partial() for shard in self.shards])
-        return Scores(values, values.argsort(dim=1, descending=True, stable=True))
-
     def collection_top(
         self, bridge: Bridge, queries: np.ndarray, keep: int, settings: Any, key: str
     ) -> Any:
@@ -170,7 +220,7 @@ class ClusterScorer:
         whose certificate covers every shard, or a `ClusterError` naming shards not searched."""
         from ucl_cli.distributed.collection_tops import request_for
 
-        found = self.gather("collection_tops", request_for(bridge, queries, keep, settings, key))
+        found = self.gather(request_for(bridge, queries, keep, settings, key))
         merged = None
         offset = 0
         for shard in self.shards:
@@ -183,98 +233,131 @@ class ClusterScorer:
             raise ClusterError(f"collection {self.bank.name} holds no rows")
         return merged
 
-    def partials(self, request: ScoreRequest) -> dict[str, Any]:
-        """Every shard's partial sums (by name), or a `ClusterError` naming the missing."""
-        return self.gather("partials", request)
-
-    def gather(self, method: str, request: Any) -> dict[str, Any]:
-        """Every shard's answer to one actor method (by shard name), retried or moved off dead
-        actors (module doc), or a `ClusterError` naming the shards that gave none."""
+    def gather(self, request: ShardRequest) -> dict[str, Any]:
+        """Every shard's answer to `request` (by shard name), retried or moved off dead or
+        stalled actors (module doc), or a `ClusterError` naming the shards that gave none."""
         ray = import_ray()
         from ray.exceptions import RayActorError, RayTaskError
 
         self.start()
-        request_ref = ray.put(request)
-        attempts = {index: 0 for index in range(len(self.shards))}
-        failures: dict[int, str] = {}
-        found: dict[str, Any] = {}
-        pending = {
-            self._send(method, a, self.held[a], request_ref, attempts): (a, list(self.held[a]))
-            for a in self.handles
-        }
-        if self.on_dispatch is not None:
-            self.on_dispatch(dict(self.handles))
-        replacements = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            future = ready[0]
-            actor, shards = pending.pop(future)
+        self._adopt_orphans()
+        call = _Call(ray.put(request), len(self.shards))
+        for actor in self.held:
+            self._send(call, actor, self.held[actor])
+        if self.pool.on_dispatch is not None:
+            self.pool.on_dispatch(dict(self.handles))
+        while call.pending and len(call.found) < len(self.shards):
+            ready, _ = ray.wait(list(call.pending), num_returns=1, timeout=POLL_SECONDS)
+            if not ready:
+                for actor, shards in call.stalled(self.stall_seconds):
+                    # Hung, or restarting where no resources are free (a lost node): its
+                    # shards go to the others; it is stopped, so that it frees its CPU.
+                    self.stalled.append(actor)
+                    why = f"its actor stalled (over {self.stall_seconds:.0f} s)"
+                    self._move_off(call, actor, shards, why, kill=True)
+                continue
+            actor, shards, started = call.pending.pop(ready[0])
             try:
-                found.update(ray.get(future))
+                call.found.update(ray.get(ready[0]))
+                call.answered(started)
             except RayActorError as err:
-                self._bury(actor)
-                retry = [s for s in shards if attempts[s] < SHARD_ATTEMPTS]
-                for s in set(shards) - set(retry):
-                    failures[s] = f"its actor died {SHARD_ATTEMPTS} times ({_first_line(err)})"
-                if not retry:
-                    continue
-                if not self.handles and replacements < MAX_REPLACEMENTS:
-                    replacements += 1
-                    self._spawn([])
-                if not self.handles:
-                    for s in retry:
-                        failures[s] = "every actor died"
-                    continue
-                self.reassigned.extend(self.shards[s].name for s in retry)
-                rows = [shard.count for shard in self.shards]
-                loads = {a: sum(rows[s] for s in held) for a, held in self.held.items()}
-                for target, moved in reassign(retry, rows, loads).items():
-                    self.held[target].extend(moved)
-                    sent = self._send(method, target, moved, request_ref, attempts)
-                    pending[sent] = (target, moved)
+                self._move_off(call, actor, shards, f"its actor died ({_first_line(err)})")
             except RayTaskError as err:
                 for s in shards:  # a shard that fails to score fails the same way elsewhere
-                    failures[s] = _first_line(err.cause if err.cause is not None else err)
-        missing = [shard for shard in self.shards if shard.name not in found]
+                    call.failures[s] = _first_line(err.cause if err.cause is not None else err)
+        missing = [shard for shard in self.shards if shard.name not in call.found]
         if missing:
             reasons = "; ".join(
-                f"{shard.name}: {failures.get(self.shards.index(shard), 'no result')}"
+                f"{shard.name}: {call.failures.get(self.shards.index(shard), 'no result')}"
                 for shard in missing
             )
             raise ClusterError(
-                f"the cluster returned no {_WHAT.get(method, method)} for {len(missing)} of "
+                f"the cluster returned no {request.what} for {len(missing)} of "
                 f"{len(self.shards)} shards of bank {self.bank.name} ({reasons}); no result "
                 "over part of the bank is returned"
             )
-        return found
+        return {shard.name: call.found[shard.name] for shard in self.shards}
 
-    def _send(
-        self,
-        method: str,
-        actor: int,
-        shards: Sequence[int],
-        request_ref: Any,
-        attempts: dict[int, int],
-    ) -> Any:
+    def _send(self, call: _Call, actor: int, shards: Sequence[int]) -> None:
         for s in shards:
-            attempts[s] += 1
-        call = getattr(self.handles[actor], method)
-        return call.remote([self.shards[s] for s in shards], request_ref)
+            call.attempts[s] += 1
+        future = self.handles[actor].run.remote([self.shards[s] for s in shards], call.request)
+        call.pending[future] = (actor, list(shards), time.monotonic())
 
-    def _spawn(self, shards: list[int]) -> int:
-        number = self._next_actor
-        self._next_actor += 1
-        host = remote_host_class().options(num_cpus=self._actor_cpus)
-        self.handles[number] = host.remote()
-        self.held[number] = list(shards)
-        return number
+    def _move_off(
+        self, call: _Call, actor: int, shards: list[int], why: str, *, kill: bool = False
+    ) -> None:
+        """An actor that died or stalled: its shards (those without an answer yet) go to the
+        living, each up to `SHARD_ATTEMPTS` times in this call."""
+        if kill and actor in self.handles:
+            import_ray().kill(self.handles[actor], no_restart=True)
+        self._bury(actor)
+        open_shards = [s for s in shards if self.shards[s].name not in call.found]
+        retry = [s for s in open_shards if call.attempts[s] < SHARD_ATTEMPTS]
+        for s in set(open_shards) - set(retry):
+            call.failures[s] = f"{why}, {SHARD_ATTEMPTS} times"
+        if not retry:
+            return
+        if not self.handles and call.replacements < MAX_REPLACEMENTS:
+            call.replacements += 1
+            self.pool.spawn()
+        if not self.handles:
+            for s in retry:
+                call.failures[s] = f"{why}, and no actor is left"
+            return
+        self.reassigned.extend(self.shards[s].name for s in retry)
+        for target, moved in self._place(retry).items():
+            self._send(call, target, moved)
+
+    def _place(self, shards: list[int]) -> dict[int, list[int]]:
+        """Give `shards` to the least loaded living actors of the pool; actor -> shards."""
+        rows = [shard.count for shard in self.shards]
+        loads = {a: sum(rows[s] for s in self.held.get(a, [])) for a in self.handles}
+        moved = reassign(shards, rows, loads)
+        for target, taken in moved.items():
+            self.held.setdefault(target, []).extend(taken)
+        return moved
+
+    def _adopt_orphans(self) -> None:
+        """Shards of actors that died during another bank's call go to the living."""
+        orphans = [s for a in list(self.held) if a not in self.handles for s in self.held.pop(a)]
+        if orphans:
+            if not self.handles:
+                self.pool.spawn()
+            self.reassigned.extend(self.shards[s].name for s in orphans)
+            self._place(orphans)
 
     def _bury(self, actor: int) -> None:
-        self.handles.pop(actor, None)
+        self.pool.bury(actor)
         self.held.pop(actor, None)
 
 
-_WHAT = {"partials": "partial sums", "collection_tops": "certified top candidates"}
+class _Call:
+    """One request's progress over a bank's shards: what is sent and when, what came back."""
+
+    def __init__(self, request: Any, shards: int):
+        self.request = request  # its reference in Ray's object store, sent to every actor
+        self.attempts = dict.fromkeys(range(shards), 0)
+        self.failures: dict[int, str] = {}
+        self.found: dict[str, Any] = {}
+        self.pending: dict[Any, tuple[int, list[int], float]] = {}  # future -> actor, shards, sent
+        self.replacements = 0
+        self.slowest: float | None = None  # the longest an answered call took
+
+    def answered(self, started: float) -> None:
+        took = time.monotonic() - started
+        self.slowest = took if self.slowest is None else max(self.slowest, took)
+
+    def stalled(self, stall_seconds: float) -> list[tuple[int, list[int]]]:
+        """The calls still out that have run past `stall_seconds` and STRAGGLER_FACTOR times
+        the slowest answered call (so a round that is slow everywhere, such as a first search
+        building its tables, stalls nothing), with their actors. Taken out of `pending`."""
+        if self.slowest is None:
+            return []
+        limit = max(stall_seconds, STRAGGLER_FACTOR * self.slowest)
+        now = time.monotonic()
+        late = [f for f, (_, _, sent) in self.pending.items() if now - sent > limit]
+        return [self.pending.pop(f)[:2] for f in late]
 
 
 def _first_line(err: BaseException) -> str:

@@ -27,13 +27,16 @@ NO_ROW = -1
 class Explanation:
     """For P pairs: the `top` heaviest bank rows, their weights, and each pair's ESS.
 
-    bank_indices [P, top] (long), weights [P, top] (descending), effective_sample_size [P].
-    A pair with no finite path has bank_indices NO_ROW (-1), weights 0 and ESS 0.
+    bank_indices [P, top] (long), weights [P, top] (descending), effective_sample_size [P],
+    and log_mass [P]: log sum_m exp(left + right), what the weights are normalised by (so that
+    explanations of parts of a bank can be joined, `join_explanations`).
+    A pair with no finite path has bank_indices NO_ROW (-1), weights 0, ESS 0, log_mass -inf.
     """
 
     bank_indices: torch.Tensor
     weights: torch.Tensor
     effective_sample_size: torch.Tensor
+    log_mass: torch.Tensor | None = None
 
 
 def explain_pairs(
@@ -75,7 +78,38 @@ def explain_pairs(
         best_indices = merged_indices.gather(1, keep)
     best_indices = best_indices.masked_fill(no_path[:, None], NO_ROW)
     ess = torch.where(no_path, torch.zeros_like(squared_sum), 1.0 / squared_sum)
-    return Explanation(best_indices, best_weights, ess)
+    row_shift, col_shift = shifts
+    log_mass = torch.where(no_path, -math.inf, log_norm + row_shift[:, 0] + col_shift[:, 0])
+    return Explanation(best_indices, best_weights, ess, log_mass)
+
+
+def join_explanations(parts: list[Explanation], top: int) -> Explanation:
+    """One explanation from explanations of disjoint parts of a bank (their bank_indices
+    already numbered in the whole bank): the whole bank's mass is the parts' logaddexp, each
+    part's weights are rescaled by its share of it, the heaviest `top` kept, and the squared
+    weights summed as each part's 1 / ESS times its share squared."""
+    masses = torch.stack([part.log_mass.double() for part in parts])  # [S, P]
+    total = torch.logsumexp(masses, dim=0)
+    no_path = torch.isneginf(total)
+    share = torch.where(no_path, 0.0, (masses - total.where(~no_path, 0.0)).exp())  # [S, P]
+    dtype = parts[0].weights.dtype
+    weights = torch.cat(
+        [part.weights.double() * share[s, :, None] for s, part in enumerate(parts)], dim=1
+    )
+    indices = torch.cat([part.bank_indices for part in parts], dim=1)
+    weights = torch.where(indices >= 0, weights, -1.0)  # empty slots sort last
+    best, keep = weights.topk(min(top, weights.shape[1]), dim=1)
+    best_indices = torch.where(best >= 0, indices.gather(1, keep), NO_ROW)
+    squared = sum(
+        torch.where(part.effective_sample_size > 0, 1.0 / part.effective_sample_size.double(), 0.0)
+        * share[s] ** 2
+        for s, part in enumerate(parts)
+    )
+    ess = torch.where(no_path, 0.0, 1.0 / squared)
+    best_indices = best_indices.masked_fill(no_path[:, None], NO_ROW)
+    return Explanation(
+        best_indices, best.clamp(min=0).to(dtype), ess.to(dtype), total.to(parts[0].log_mass.dtype)
+    )
 
 
 def _line_shifts(
