@@ -100,12 +100,12 @@ def index_items(
     """
     options = options or IndexOptions()
     listener = listener or IndexListener()
-    _check_encoders(encoders, options.modality)
+    check_encoders(encoders, options.modality)
     _check_prune(options)
     started = time.perf_counter()
     report = IndexReport(bank=Path(bank_dir))
     models = [ModelRecord.from_encoder(encoder) for encoder in encoders]
-    writer_options = _writer_options(options, listener)
+    writer_options = index_writer_options(options, listener)
     with open_writer(Path(bank_dir), models, writer_options, options.shard_size) as writer:
         report.resumed = writer.recovered_rows
         if report.resumed:
@@ -114,7 +114,7 @@ def index_items(
         try:
             _ingest(
                 writer,
-                _in_bank_order(encoders, writer.models),
+                in_bank_order(encoders, writer.models),
                 items,
                 options,
                 listener,
@@ -124,13 +124,13 @@ def index_items(
         except BaseException:
             if writer.staged_rows or writer.changed_rows:
                 with contextlib.suppress(Exception):  # the rows stay staged for the next run
-                    _publish(writer, listener)
+                    publish_changes(writer, listener)
             raise
         if gone is not None:
             report.replaced = gone.drop_replaced()
         if options.prune and gone is not None:
             report.pruned = gone.prune()
-        report.total = _publish(writer, listener)
+        report.total = publish_changes(writer, listener)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -151,13 +151,13 @@ def prune_collection(
     listener = listener or IndexListener()
     _check_prune(options)
     report = IndexReport(bank=Path(bank_dir))
-    writer_options = _writer_options(options, listener)
+    writer_options = index_writer_options(options, listener)
     with open_writer(Path(bank_dir), manifest.models, writer_options) as writer:
         report.resumed = writer.recovered_rows
         if report.resumed:
             listener.resumed(report.resumed)
         report.pruned = GoneFiles(writer).prune()
-        report.total = _publish(writer, listener)
+        report.total = publish_changes(writer, listener)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -169,7 +169,8 @@ def _check_prune(options: IndexOptions) -> None:
         )
 
 
-def _writer_options(options: IndexOptions, listener: IndexListener) -> WriterOptions:
+def index_writer_options(options: IndexOptions, listener: IndexListener) -> WriterOptions:
+    """How a run's writer writes: the index options, and the listener's notes."""
     return WriterOptions(
         modality=options.modality,
         faiss_index=options.faiss_index,
@@ -180,7 +181,7 @@ def _writer_options(options: IndexOptions, listener: IndexListener) -> WriterOpt
     )
 
 
-def _publish(writer: BankWriter, listener: IndexListener) -> int:
+def publish_changes(writer: BankWriter, listener: IndexListener) -> int:
     """Publish what changed (saying so when it rewrites the bank); the bank's row count."""
     if writer.staged_rows or writer.changed_rows:
         listener.publishing(writer.rows - len(writer.changes.dropped))
@@ -197,8 +198,8 @@ def _ingest(
     report: IndexReport,
     gone: GoneFiles | None = None,
 ) -> None:
-    for batch in _new_batches(items, writer, options.batch_size, report, listener, gone):
-        kept, inputs = _load_inputs(batch, encoders, options, listener, report)
+    for batch in new_batches(items, writer, options.batch_size, report, listener, gone):
+        kept, inputs = load_inputs(batch, encoders, options, listener, report)
         if not kept:
             continue
         matrices = [
@@ -209,10 +210,10 @@ def _ingest(
         report.added += len(kept)
         listener.progress(report)
         if writer.staged_rows >= max(options.publish_every, writer.committed_rows):
-            _publish(writer, listener)
+            publish_changes(writer, listener)
 
 
-def _new_batches(
+def new_batches(
     items: Iterable[BankItem],
     writer: BankWriter,
     size: int,
@@ -259,7 +260,7 @@ def _new_batches(
         yield batch
 
 
-def _load_inputs(
+def load_inputs(
     batch: list[BankItem],
     encoders: Sequence[Encoder],
     options: IndexOptions,
@@ -290,7 +291,8 @@ def _load_inputs(
     return kept, inputs
 
 
-def _check_encoders(encoders: Sequence[Encoder], modality: str) -> None:
+def check_encoders(encoders: Sequence[Encoder], modality: str) -> None:
+    """A UsageError unless there are encoders and each embeds `modality` (the bank's rows)."""
     from ucl_cli.encoders.base import Modality
 
     if not encoders:
@@ -305,6 +307,7 @@ def _check_encoders(encoders: Sequence[Encoder], modality: str) -> None:
             )
 
 
-def _in_bank_order(encoders: Sequence[Encoder], models: Sequence[ModelRecord]) -> list[Encoder]:
+def in_bank_order(encoders: Sequence[Encoder], models: Sequence[ModelRecord]) -> list[Encoder]:
+    """The encoders in the order of the bank's models (its vector files)."""
     by_key = {encoder.key: encoder for encoder in encoders}
     return [by_key[model.key] for model in models]

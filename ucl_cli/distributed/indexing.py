@@ -39,12 +39,12 @@ from ucl_cli.bank.indexer import (
     IndexListener,
     IndexOptions,
     IndexReport,
-    _check_encoders,
-    _in_bank_order,
-    _load_inputs,
-    _new_batches,
-    _publish,
-    _writer_options,
+    check_encoders,
+    in_bank_order,
+    index_writer_options,
+    load_inputs,
+    new_batches,
+    publish_changes,
 )
 from ucl_cli.bank.items import BankItem, KeySet
 from ucl_cli.bank.manifest import ModelRecord
@@ -133,13 +133,13 @@ def index_on_cluster(
     options = options or IndexOptions()
     listener = listener or IndexListener()
     cluster = cluster or ClusterIndexOptions()
-    _check_encoders(encoders, options.modality)
+    check_encoders(encoders, options.modality)
     if options.replace:
         raise UsageError("--cluster extends a sharded bank; it does not replace one")
     started = time.perf_counter()
     report = IndexReport(bank=Path(bank_dir))
     records = [ModelRecord.from_encoder(encoder) for encoder in encoders]
-    writer_options = _writer_options(options, listener)
+    writer_options = index_writer_options(options, listener)
     with ShardedWriter(Path(bank_dir), records, writer_options, options.shard_size) as writer:
         report.resumed = writer.recovered_rows
         if report.resumed:
@@ -150,7 +150,7 @@ def index_on_cluster(
             report.replaced = gone.drop_replaced()
             if options.prune:
                 report.pruned = gone.prune()
-        report.total = _publish(writer, listener)  # an interrupted run's rows, moves, drops
+        report.total = publish_changes(writer, listener)  # an interrupted run's rows, moves, drops
         plans = _cut(writer, new)
         if plans:
             _run(writer, plans, models, options, spec, listener, report, cluster)
@@ -160,7 +160,7 @@ def index_on_cluster(
 
 
 class _Planned:
-    """The writer's keys and this run's planned ones: what `_new_batches` asks of a writer."""
+    """The writer's keys and this run's planned ones: what `new_batches` asks of a writer."""
 
     def __init__(self, writer: ShardedWriter):
         self.writer = writer
@@ -181,7 +181,7 @@ def _plan_items(
     """The items to embed, in input order: deduplicated against the bank and this run."""
     planned = _Planned(writer)
     new: list[BankItem] = []
-    batches = _new_batches(items, planned, options.batch_size, report, listener, gone)  # type: ignore[arg-type]
+    batches = new_batches(items, planned, options.batch_size, report, listener, gone)  # type: ignore[arg-type]
     for batch in batches:
         for item in batch:
             planned.keys.add(item.key)
@@ -362,7 +362,7 @@ class ShardEmbedder:
                     f"{mine.key} on this worker is not the model the driver loaded (other "
                     "weights or preprocessing): every machine needs the same model files"
                 )
-        return _in_bank_order(loaded, self.records)
+        return in_bank_order(loaded, self.records)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         out: dict[str, list[Any]] = {}
@@ -394,7 +394,7 @@ class ShardEmbedder:
         with BankWriter(shard_dir, self.records, self.options) as writer:
             seeded = writer.rows
             for start in range(0, len(items), size):
-                kept, inputs = _load_inputs(
+                kept, inputs = load_inputs(
                     items[start : start + size], self.encoders, self.index_options, skips, report
                 )
                 if not kept:
