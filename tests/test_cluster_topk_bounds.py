@@ -101,10 +101,13 @@ class ShardedBank:
             start += size
         assert start == len(left)
         self.requests: list[BoundsRequest] = []
+        self.actor: ShardHost | None = None
 
     def gather(self, request: BoundsRequest) -> dict:
         self.requests.append(request)
-        host = ShardHost(device="cpu")  # as an actor computes (its banks opened here)
+        # as an actor computes (its banks opened here); `self.actor` None: a new actor each
+        # round, which has kept nothing from the last
+        host = self.actor or ShardHost(device="cpu")
         return {shard.name: request.on_shard(self.banks[shard.name], shard, host)
                 for shard in reversed(self.shards)}  # fmt: skip
 
@@ -217,6 +220,38 @@ def test_each_round_asks_every_shard_and_grows_the_lists_of_the_blocking_candida
         assert first.nprobe is None and later, "no round after the first"
         assert max(int(r.nprobe.max()) for r in later) > 8  # some candidate visited more lists
         assert all(r.nprobe.min() == 8 for r in later)  # the others stayed at the default
+    finally:
+        bank.close()
+
+
+def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(
+    tmp_path, monkeypatch
+):
+    import ucl_cli.distributed.bridge_topk as bridge_topk
+
+    rng = np.random.default_rng(3)
+    left, right = paired_bank(rng, centres=200, per_centre=20, noise=3e-2)
+    bank = ShardedBank(tmp_path, left, right, [3200, 800], ["IVF64,Flat", "Flat"], (100.0, 33.0))
+    made = []
+
+    class Counted(bridge_topk.BankBounds):
+        def __init__(self, *args, **kwargs):
+            made.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(bridge_topk, "BankBounds", Counted)
+    try:
+        queries, candidates = queries_and_candidates(rng, left, right)
+        candidates = np.concatenate([candidates, unit(rng.standard_normal((60, DIM_C)))])
+        fresh = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
+        rounds = len(bank.requests)
+        assert rounds > 1 and len(made) == 2 * rounds  # every shard, every round: made again
+        made.clear()
+        bank.actor = ShardHost(device="cpu")
+        kept = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
+        assert len(bank.requests) == 2 * rounds and len(made) == 2  # once per shard
+        for field in ("lower", "upper", "order", "certified"):
+            assert torch.equal(getattr(kept, field), getattr(fresh, field)), field
     finally:
         bank.close()
 

@@ -14,6 +14,8 @@ the shards of an actor that stays dead to the others (`driver`).
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -23,6 +25,7 @@ import numpy as np
 
 MAX_RESTARTS = 1
 MAX_TASK_RETRIES = 1
+KEPT = 4  # values requests leave on an actor for their next round (`ShardHost.kept`)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class ShardHost:
 
     def __init__(self, device: str | None = None) -> None:
         self._banks: dict[str, Any] = {}
+        self._kept: OrderedDict[Hashable, Any] = OrderedDict()
         self.device = device or _visible_device()
 
     def open(self, shards: list[ShardRef]) -> list[str]:
@@ -86,6 +90,19 @@ class ShardHost:
         return {
             shard.name: request.on_shard(self.bank(shard), shard, self) for shard in shards
         }
+
+    def kept(self, key: Hashable, make: Callable[[], Any]) -> Any:
+        """What an earlier round of a request left here under `key`, else `make()`, kept for
+        the next round: soft state (a restarted actor, or another one a shard moves to, makes
+        it again), the `KEPT` most recent only."""
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            return self._kept[key]
+        value = make()
+        self._kept[key] = value
+        while len(self._kept) > KEPT:
+            self._kept.popitem(last=False)
+        return value
 
     def pid(self) -> int:
         import os

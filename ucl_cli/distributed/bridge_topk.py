@@ -7,12 +7,14 @@ argument), less log M. Each round of `scoring.topk_rounds` asks every shard for 
 (`BoundsRequest.on_shard`: the one-bank arithmetic, `scoring.BankBounds`, over the shard's
 rows, with the whole bank's largest row norms so that every shard shares one `PathLimits`);
 `ShardBounds` joins them in float64, widened by the joining's own rounding. The driver holds
-no bank row, and actors keep nothing between rounds (each computes its query side again).
+no bank row. An actor keeps each shard's query side and candidate searches between the rounds
+of one search (`ShardHost.kept`: soft state, made again where it is missing).
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
@@ -77,6 +79,7 @@ class BoundsRequest:
     nprobe: np.ndarray | None = None
     normalizer: bool = False
     rows: np.ndarray | None = None
+    search: str = ""  # names one topk search: its rounds share what each actor kept
 
     def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WireBounds:
         """Bounds on the log-SUM over this shard's rows (or its rows of the sub-bank)."""
@@ -84,9 +87,19 @@ class BoundsRequest:
         if not len(local):
             return WireBounds.empty(len(self.queries), len(self.candidates), self.normalizer)
         device = host.device
-        bridge = self._bridge(bank, shard, device)
-        with _full_precision_matmul():  # the rounding bounds assume true float32 products
+
+        def shard_source() -> tuple[Bridge, BankBounds]:
+            bridge = self._bridge(bank, shard, device)
             source = BankBounds(bridge, self.queries, self.candidates, self.nearest_rows, device)
+            return bridge, source
+
+        with _full_precision_matmul():  # the rounding bounds assume true float32 products
+            # Later rounds of one search reuse the shard's query side and candidate searches
+            # (searching again only the candidates that visit more lists), as in one process.
+            if self.search:
+                bridge, source = host.kept((self.search, shard.path), shard_source)
+            else:
+                bridge, source = shard_source()
             bounds = source.bounds(self.t, self.nprobe)
             normalizer = (
                 candidate_bank_sums(bridge.candidate_side, self.candidates, device)
@@ -253,6 +266,7 @@ def cluster_topk_scores(
         t=0,  # each round's own
         nearest_rows=nearest_rows,
         rows=None if rows is None else np.asarray(rows, dtype=np.int64),
+        search=uuid.uuid4().hex,
     )
     normalize = calibration.normalize == "candidates"
     source = ShardBounds(gather, shards, request, bank_size, normalize=normalize)

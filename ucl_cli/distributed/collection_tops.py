@@ -130,6 +130,26 @@ def request_for(
     )
 
 
+def collection_top(
+    scorer: Any, bridge: Any, queries: np.ndarray, keep: int, settings: Any, key: str
+) -> Any:
+    """The certified top `keep` of the collection whose shards `scorer` (a `ClusterScorer`)
+    holds: each shard's leaders renumbered and merged, a `candidate_sources.Leaders` whose
+    certificate covers every shard (or the scorer's `ClusterError` naming shards not searched)."""
+    found = scorer.gather(request_for(bridge, queries, keep, settings, key))
+    merged = None
+    offset = 0
+    for shard in scorer.shards:
+        wire = found[shard.name]
+        if wire is not None:
+            leaders = wire.to_leaders(offset, settings.device)
+            merged = leaders if merged is None else merged.merged(leaders, keep)
+        offset += shard.count
+    if merged is None:
+        raise ValueError(f"collection {scorer.bank.name} holds no rows")
+    return merged
+
+
 def shard_top(shard: Any, request: TopRequest, host: ShardHost) -> WireLeaders:
     """The certified top `keep` of one collection shard (an opened bank), on this process."""
     from ucl_cli.bridge.collection_search import certified_collection_top

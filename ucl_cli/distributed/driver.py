@@ -18,7 +18,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -26,9 +26,6 @@ from ucl_cli.distributed.actor import ShardRef, ShardRequest, remote_host_class
 from ucl_cli.distributed.cluster import connect, disconnect, import_ray
 from ucl_cli.distributed.placement import place_shards, reassign
 from ucl_cli.errors import UclError
-
-if TYPE_CHECKING:
-    from ucl_cli.bridge.methods import Bridge
 
 SHARD_ATTEMPTS = 3  # tries per shard in one call, over actors, before the call fails
 STALL_SECONDS = 60.0  # a call out this long (and STRAGGLER_FACTOR x the slowest answered) stalls
@@ -212,32 +209,11 @@ class ClusterScorer:
 
     # -- scoring ----------------------------------------------------------------------------------
 
-    def collection_top(
-        self, bridge: Bridge, queries: np.ndarray, keep: int, settings: Any, key: str
-    ) -> Any:
-        """The certified top `keep` of this collection (`bridge.collection_search` run by each
-        actor on its shards), merged: a `candidate_sources.Leaders` over the collection's rows,
-        whose certificate covers every shard, or a `ClusterError` naming shards not searched."""
-        from ucl_cli.distributed.collection_tops import request_for
-
-        found = self.gather(request_for(bridge, queries, keep, settings, key))
-        merged = None
-        offset = 0
-        for shard in self.shards:
-            wire = found[shard.name]
-            if wire is not None:
-                leaders = wire.to_leaders(offset, settings.device)
-                merged = leaders if merged is None else merged.merged(leaders, keep)
-            offset += shard.count
-        if merged is None:
-            raise ClusterError(f"collection {self.bank.name} holds no rows")
-        return merged
-
     def gather(self, request: ShardRequest) -> dict[str, Any]:
         """Every shard's answer to `request` (by shard name), retried or moved off dead or
         stalled actors (module doc), or a `ClusterError` naming the shards that gave none."""
         ray = import_ray()
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import RayActorError, RayError, RayTaskError
 
         self.start()
         self._adopt_orphans()
@@ -265,6 +241,9 @@ class ClusterScorer:
             except RayTaskError as err:
                 for s in shards:  # a shard that fails to score fails the same way elsewhere
                     call.failures[s] = _first_line(err.cause if err.cause is not None else err)
+            except RayError as err:  # out of memory, an object lost: no answer from this call
+                for s in shards:
+                    call.failures[s] = _first_line(err)
         missing = [shard for shard in self.shards if shard.name not in call.found]
         if missing:
             reasons = "; ".join(

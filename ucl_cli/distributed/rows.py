@@ -104,8 +104,10 @@ class ClusterBank:
         self, bridge: Bridge, queries: np.ndarray, keep: int, settings: Any, *, key: str
     ) -> Any:
         """A collection's certified top `keep`, each shard searched by the actor holding it
-        (`ClusterScorer.collection_top`)."""
-        return self.scorer.collection_top(bridge, queries, keep, settings, key)
+        (`collection_tops`)."""
+        from ucl_cli.distributed.collection_tops import collection_top
+
+        return collection_top(self.scorer, bridge, queries, keep, settings, key)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._bank, name)
