@@ -30,12 +30,8 @@ from ucl_cli.bridge.methods import Bridge
 from ucl_cli.bridge.scoring import topk_scores
 from ucl_cli.calibration import Calibration
 from ucl_cli.distributed.actor import ShardHost, ShardRef
-from ucl_cli.distributed.bridge_topk import (
-    BoundsRequest,
-    ShardedSide,
-    cluster_topk_scores,
-    joined_log_mean,
-)
+from ucl_cli.distributed.bridge_request import ShardedSide
+from ucl_cli.distributed.bridge_topk import BoundsRequest, cluster_topk_scores, joined_log_mean
 
 DIM_Q, DIM_C = 16, 12
 
@@ -224,9 +220,7 @@ def test_each_round_asks_every_shard_and_grows_the_lists_of_the_blocking_candida
         bank.close()
 
 
-def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(
-    tmp_path, monkeypatch
-):
+def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(tmp_path, monkeypatch):
     import ucl_cli.distributed.bridge_topk as bridge_topk
 
     rng = np.random.default_rng(3)

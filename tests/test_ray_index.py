@@ -28,7 +28,7 @@ from ucl_cli.bank.file_items import collect_file_items
 from ucl_cli.bank.shards import SHARD_NAME, read_sharded_manifest
 from ucl_cli.cli import app
 from ucl_cli.config import banks_dir
-from ucl_cli.distributed.indexing import ClusterIndexOptions, index_on_cluster
+from ucl_cli.distributed.indexing import PLANS_FOLDER, ClusterIndexOptions, index_on_cluster
 from ucl_cli.errors import InputFileError, UsageError
 
 TEXTS = [f"a sound number {i}" for i in range(23)] + ["a sound number 4"]  # one repeat
@@ -136,6 +136,7 @@ def test_a_cluster_run_leaves_the_bank_one_process_leaves(ray_cluster, tmp_path)
     manifest = read_sharded_manifest(tmp_path / "ray")
     assert [s.count for s in manifest.shards] == [5, 5, 5, 5, 3]
     assert shard_dirs(tmp_path / "ray") == {s.name for s in manifest.shards}
+    assert not (tmp_path / "ray" / PLANS_FOLDER).exists()  # each shard's item list, removed
 
     # Appending fills the last shard first, as one process does; only the new texts are embedded.
     more = items + [text_item(f"another sound {i}") for i in range(9)]
@@ -162,6 +163,9 @@ def test_a_run_stopped_after_two_shards_resumes_without_embedding_them(ray_clust
 
     with pytest.raises(RuntimeError, match="the driver dies"):
         on_cluster(bank, items, tmp_path / "log", shard_size=4, on_shard=stop_after_two)
+    stale = bank / PLANS_FOLDER / "000000.jsonl"  # as a killed driver would leave it
+    stale.parent.mkdir()
+    stale.write_text("not an item\n")
     left = shard_dirs(bank)
     time.sleep(1.0)
     assert shard_dirs(bank) == left  # the dataset stopped: nothing is written on

@@ -15,8 +15,8 @@ One concept per module:
   (`ClusterScorer`), sending a request, retrying and reassigning it, gathering the answers.
 - `rows`: the driver's handle on a bank the cluster holds (`RemoteRows`, `RemoteBridge`).
 - The requests, one per method: `partials` (lse), `bridge_topk` (topk's bounds, per round),
-  `captions` (caption), `explanations` (`--explain`), `collection_tops` (a collection's
-  certified top candidates).
+  `captions` (caption), `explanations` (`--explain`), each a `bridge_request.BridgeRequest`
+  (what they all carry), and `collection_tops` (a collection's certified top candidates).
 - `indexing`: distributed embedding into a sharded bank with Ray Data.
 
 Importing this package imports neither Ray nor torch: `ucl --help` and in-process queries stay

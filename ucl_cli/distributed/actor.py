@@ -87,9 +87,7 @@ class ShardHost:
 
     def run(self, shards: list[ShardRef], request: ShardRequest) -> dict[str, Any]:
         """The request's answer over each shard, by shard name."""
-        return {
-            shard.name: request.on_shard(self.bank(shard), shard, self) for shard in shards
-        }
+        return {shard.name: request.on_shard(self.bank(shard), shard, self) for shard in shards}
 
     def kept(self, key: Hashable, make: Callable[[], Any]) -> Any:
         """What an earlier round of a request left here under `key`, else `make()`, kept for

@@ -27,7 +27,6 @@ from ucl_cli.bridge.methods import (
     MAX_NEAREST_ROWS,
     NEAREST_ROWS,
     Bridge,
-    BridgeSide,
     Scores,
 )
 from ucl_cli.bridge.scoring import (
@@ -37,7 +36,8 @@ from ucl_cli.bridge.scoring import (
     topk_rounds,
 )
 from ucl_cli.calibration import Calibration
-from ucl_cli.distributed.actor import ShardHost, ShardRef, shard_rows, shard_selection
+from ucl_cli.distributed.actor import ShardHost, ShardRef, shard_selection
+from ucl_cli.distributed.bridge_request import BridgeRequest, ShardedSide
 from ucl_cli.errors import UsageError
 from ucl_cli.estimators import BridgeBounds
 from ucl_cli.estimators.bridge import _full_precision_matmul
@@ -47,38 +47,19 @@ from ucl_cli.estimators.bridge import _full_precision_matmul
 JOIN_ULPS = 64
 
 
-@dataclass(frozen=True)
-class ShardedSide:
-    """One model's side of a sharded bridge bank as the driver knows it without reading a row:
-    its key, its logit scale, and the largest row norm of the WHOLE bank (the manifest's)."""
-
-    key: str
-    scale: float
-    row_norm: float
-
-    def scaled(self, factor: float) -> ShardedSide:
-        """This side with its logit scale times a temperature (`Bridge.tempered`)."""
-        return self if factor == 1.0 else replace(self, scale=self.scale * factor)
-
-
-@dataclass(frozen=True)
-class BoundsRequest:
-    """One round of `topk` for every shard: the two sides (tempered), the queries [N, d1] and
-    candidates [K, d2] (float32), the queries' T, the candidates' T (`nearest_rows`) and lists
-    to visit ([K]; None: each index's default), whether to return the shard's part of the
-    candidates' normalisers, and the sub-bank bounded (global rows; None: the whole bank)."""
+@dataclass(frozen=True, kw_only=True)
+class BoundsRequest(BridgeRequest):
+    """One round of `topk` for every shard, over the sides' tempered scales: the queries' T,
+    the candidates' T (`nearest_rows`) and lists to visit ([K]; None: each index's default),
+    whether to return the shard's part of the candidates' normalisers, and which search the
+    round belongs to."""
 
     what: ClassVar[str] = "topk bounds"
 
-    query_side: ShardedSide
-    candidate_side: ShardedSide
-    queries: np.ndarray
-    candidates: np.ndarray
     t: int
     nearest_rows: int
     nprobe: np.ndarray | None = None
     normalizer: bool = False
-    rows: np.ndarray | None = None
     search: str = ""  # names one topk search: its rounds share what each actor kept
 
     def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WireBounds:
@@ -89,7 +70,7 @@ class BoundsRequest:
         device = host.device
 
         def shard_source() -> tuple[Bridge, BankBounds]:
-            bridge = self._bridge(bank, shard, device)
+            bridge = self._searched_bridge(bank, shard, device)
             source = BankBounds(bridge, self.queries, self.candidates, self.nearest_rows, device)
             return bridge, source
 
@@ -116,20 +97,19 @@ class BoundsRequest:
             normalizer=None if normalizer is None else normalizer.cpu().numpy(),
         )
 
-    def _bridge(self, bank: Any, shard: ShardRef, device: str = "cpu") -> Bridge:
-        """The shard (memory-mapped, its own index) or its rows of the sub-bank (gathered, an
-        exact index of their own), with the whole bank's row norms."""
-        query, candidate = self.query_side, self.candidate_side
-        query_rows, candidate_rows = shard_rows(bank, shard, self.rows, query.key, candidate.key)
+    def _searched_bridge(self, bank: Any, shard: ShardRef, device: str) -> Bridge:
+        """The shard's bridge (`shard_bridge`) with a search of its candidate side: the
+        shard's own index for the whole bank, an exact one over a sub-bank's rows."""
+        held = self.shard_bridge(bank, shard)
+        assert held is not None
+        bridge, _ = held
+        side = bridge.candidate_side
         if self.rows is None:
-            nearest = bank.nearest(candidate.key, device)
-        else:
-            candidate_rows = np.ascontiguousarray(candidate_rows, dtype=np.float32)
-            nearest = flat_nearest(candidate_rows, candidate.row_norm, device)
-        return Bridge(
-            BridgeSide(query_rows, query.scale, None, query.row_norm),
-            BridgeSide(candidate_rows, candidate.scale, nearest, candidate.row_norm),
-        )
+            nearest = bank.nearest(self.candidate_side.key, device)
+            return replace(bridge, candidate_side=replace(side, nearest=nearest))
+        rows = np.ascontiguousarray(side.bank, dtype=np.float32)
+        nearest = flat_nearest(rows, side.max_norm, device)
+        return replace(bridge, candidate_side=replace(side, bank=rows, nearest=nearest))
 
 
 @dataclass(frozen=True)
@@ -282,7 +262,6 @@ def cluster_topk_scores(
 __all__ = [
     "BoundsRequest",
     "ShardBounds",
-    "ShardedSide",
     "WireBounds",
     "cluster_topk_scores",
     "joined_log_mean",

@@ -16,36 +16,28 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ucl_cli.distributed.actor import ShardHost, ShardRef, shard_rows, shard_selection
+from ucl_cli.distributed.actor import ShardHost, ShardRef
+from ucl_cli.distributed.bridge_request import BridgeRequest
 
 
-@dataclass(frozen=True)
-class CaptionRequest:
-    """The queries [N, d1] and candidates [K, d2], the two models' keys, the candidate side's
-    logit scale, and the sub-bank searched (global rows; None: the whole bank)."""
+@dataclass(frozen=True, kw_only=True)
+class CaptionRequest(BridgeRequest):
+    """caption's request: the bank's sides (the candidate side's scale as trained)."""
 
     what: ClassVar[str] = "best captions"
 
-    query_key: str
-    candidate_key: str
-    candidate_scale: float
-    queries: np.ndarray
-    candidates: np.ndarray
-    rows: np.ndarray | None = None
-
     def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WireCaption | None:
-        from ucl_cli.bridge.methods import BridgeSide
         from ucl_cli.bridge.scoring import caption_rows, direct_scores
 
-        local, positions = shard_selection(shard, self.rows)
-        if not len(local):
+        held = self.shard_bridge(bank, shard)
+        if held is None:
             return None  # no row of the sub-bank here
-        (query_rows,) = shard_rows(bank, shard, self.rows, self.query_key)
-        value, best = caption_rows(BridgeSide(query_rows, 1.0), self.queries, device=host.device)
+        bridge, positions = held
+        value, best = caption_rows(bridge.query_side, self.queries, device=host.device)
         best = best.cpu().numpy()
-        picked = bank.vectors(self.candidate_key)[local[best]]
+        picked = bridge.candidate_side.bank[best]
         scores = direct_scores(picked, self.candidates, device=host.device).values
-        scores = scores * self.candidate_scale  # as caption_scores: scale * products
+        scores = scores * bridge.candidate_side.scale  # as caption_scores: scale * products
         return WireCaption(value.cpu().numpy(), positions[best], scores.cpu().numpy())
 
 

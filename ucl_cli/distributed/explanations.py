@@ -16,40 +16,28 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ucl_cli.distributed.actor import ShardHost, ShardRef, shard_rows, shard_selection
+from ucl_cli.distributed.actor import ShardHost, ShardRef
+from ucl_cli.distributed.bridge_request import BridgeRequest
 from ucl_cli.estimators.explain import NO_ROW, Explanation, join_explanations
 
 
-@dataclass(frozen=True)
-class ExplainRequest:
-    """The pairs (query rows[p], candidate cols[p]) to explain, the embeddings, the tempered
-    logit scales, how many rows to name, and the sub-bank (global rows; None: the whole)."""
+@dataclass(frozen=True, kw_only=True)
+class ExplainRequest(BridgeRequest):
+    """`--explain`'s request: the pairs (query n, candidate column k) to explain, over the
+    sides' tempered scales, and how many rows to name."""
 
     what: ClassVar[str] = "explanations"
 
-    query_key: str
-    candidate_key: str
-    query_scale: float
-    candidate_scale: float
-    queries: np.ndarray  # [N, d1]
-    candidates: np.ndarray  # [K, d2]
     pairs: tuple[tuple[int, int], ...]
     top: int
-    rows: np.ndarray | None = None
 
     def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WireExplanation | None:
-        from ucl_cli.bridge.methods import Bridge, BridgeSide
         from ucl_cli.bridge.scoring import explain
 
-        local, positions = shard_selection(shard, self.rows)
-        if not len(local):
+        held = self.shard_bridge(bank, shard)
+        if held is None:
             return None
-        keys = (self.query_key, self.candidate_key)
-        query_rows, candidate_rows = shard_rows(bank, shard, self.rows, *keys)
-        bridge = Bridge(
-            BridgeSide(query_rows, self.query_scale),
-            BridgeSide(candidate_rows, self.candidate_scale),
-        )
+        bridge, positions = held
         pairs = list(self.pairs)
         part = explain(bridge, self.queries, self.candidates, pairs, self.top, device=host.device)
         indices = part.bank_indices.cpu().numpy()

@@ -3,8 +3,10 @@
 The driver (the `ucl` process) reads the corpus, skips every item the bank already holds (by
 content key, as `index_items` does; a collection's moved and overwritten files are handled
 there too, as without a cluster) and plans the new rows as shards, in corpus order: the first
-fills the bank's last shard while it has room, the others hold `--shard-size` rows. The plans
-are a Ray dataset, mapped by a pool of actors (`map_batches` with the callable class
+fills the bank's last shard while it has room, the others hold `--shard-size` rows. Each
+planned shard's items are written to a file in the bank's directory as soon as the shard is
+full (the driver holds one shard's items at a time, whatever the corpus). The plans are a Ray
+dataset, mapped by a pool of actors (`map_batches` with the callable class
 `ShardEmbedder`, one model copy per actor, one GPU per actor where the cluster has GPUs): an
 actor decodes its shard's files (collections), embeds the items with every model in batches of
 `--batch-size`, and writes the shard into the bank's directory as a complete bank
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
     from ucl_cli.encoders.base import Encoder
 
 FORWARDED_ENV = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "UCL_", "TORCH_HOME")
+PLANS_FOLDER = ".cluster-plans"  # in the bank's directory: each planned shard's items
 
 
 class ModelSource(Protocol):
@@ -85,17 +89,17 @@ class RegistryModels:
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard to write: its name, the listed shard it adds rows to (or none), its items."""
+    """One shard to write: its name, the listed shard it adds rows to (or none), and the file
+    that lists its items (the bank's own JSON lines, in the run's plans folder)."""
 
     name: str
-    items: tuple[BankItem, ...]
+    items: Path
     extends: ShardRecord | None = None
 
     def row(self) -> dict[str, str]:
-        """As a dataset row: plain strings (the items as the bank's own JSON lines)."""
-        lines = b"".join(item.to_line() for item in self.items).decode("utf-8")
+        """As a dataset row: plain strings (an actor reads the items from the file)."""
         return {"shard": self.name, "extends": self.extends.name if self.extends else "",
-                "items": lines}  # fmt: skip
+                "items": str(self.items.resolve())}  # fmt: skip
 
 
 @dataclass
@@ -145,15 +149,21 @@ def index_on_cluster(
         if report.resumed:
             listener.resumed(report.resumed)
         gone = None if options.modality == "text" else GoneFiles(writer)
-        new = _plan_items(writer, items, options, listener, report, gone)
-        if gone is not None:
-            report.replaced = gone.drop_replaced()
-            if options.prune:
-                report.pruned = gone.prune()
-        report.total = publish_changes(writer, listener)  # an interrupted run's rows, moves, drops
-        plans = _cut(writer, new)
-        if plans:
-            _run(writer, plans, models, options, spec, listener, report, cluster)
+        plans_dir = writer.dir / PLANS_FOLDER
+        shutil.rmtree(plans_dir, ignore_errors=True)  # an interrupted run's: planned again
+        try:
+            parts = _plan_parts(writer, items, options, listener, report, gone, plans_dir)
+            if gone is not None:
+                report.replaced = gone.drop_replaced()
+                if options.prune:
+                    report.pruned = gone.prune()
+            # an interrupted run's rows, moves and drops
+            report.total = publish_changes(writer, listener)
+            plans = _named(writer, parts)
+            if plans:
+                _run(writer, plans, models, options, spec, listener, report, cluster)
+        finally:
+            shutil.rmtree(plans_dir, ignore_errors=True)
         report.total = 0 if writer.published is None else writer.published.count
     report.seconds = time.perf_counter() - started
     return report
@@ -170,40 +180,53 @@ class _Planned:
         return self.writer.contains_many(keys) | self.keys.contains_many(keys)
 
 
-def _plan_items(
+def _plan_parts(
     writer: ShardedWriter,
     items: Iterable[BankItem],
     options: IndexOptions,
     listener: IndexListener,
     report: IndexReport,
     gone: Any,
-) -> list[BankItem]:
-    """The items to embed, in input order: deduplicated against the bank and this run."""
+    plans_dir: Path,
+) -> list[tuple[Path, bool]]:
+    """The new items (deduplicated against the bank and this run), cut into shards as they
+    come, as a writer in one process would cut them: the last listed shard filled first while
+    it has room, then shards of `shard_size` rows. Each shard's items go to a file of its own
+    as soon as it is full, so the driver holds one shard's items at a time, whatever the
+    corpus; (its file, whether it extends the last listed shard), in order."""
     planned = _Planned(writer)
-    new: list[BankItem] = []
+    size = writer.shard_size
+    listed = [] if writer.published is None else list(writer.published.shards)
+    room = size - listed[-1].count if listed and listed[-1].count < size else 0
+    plans_dir.mkdir()
+    parts: list[tuple[Path, bool]] = []
+    lines: list[bytes] = []
+
+    def cut() -> None:
+        path = plans_dir / f"{len(parts):06d}.jsonl"
+        path.write_bytes(b"".join(lines))
+        parts.append((path, not parts and room > 0))
+        lines.clear()
+
     batches = new_batches(items, planned, options.batch_size, report, listener, gone)  # type: ignore[arg-type]
     for batch in batches:
         for item in batch:
             planned.keys.add(item.key)
-        new.extend(batch)
-    return new
+            lines.append(item.to_line())
+            if len(lines) == (room if not parts and room else size):
+                cut()
+    if lines:
+        cut()
+    return parts
 
 
-def _cut(writer: ShardedWriter, new: list[BankItem]) -> list[ShardPlan]:
-    """The new items as shards, as a writer in one process would cut them: the last listed
-    shard filled first while it has room, then shards of `shard_size` rows."""
-    size = writer.shard_size
+def _named(writer: ShardedWriter, parts: list[tuple[Path, bool]]) -> list[ShardPlan]:
+    """The planned shards with their names (reserved once the bank's changes are published)."""
     listed = [] if writer.published is None else list(writer.published.shards)
-    last = listed[-1] if listed else None
-    plans: list[tuple[tuple[BankItem, ...], ShardRecord | None]] = []
-    start = 0
-    if last is not None and last.count < size and new:
-        start = size - last.count
-        plans.append((tuple(new[:start]), last))
-    plans.extend((tuple(new[i : i + size]), None) for i in range(start, len(new), size))
-    names = writer.reserve_names(len(plans))
+    names = writer.reserve_names(len(parts))
     return [
-        ShardPlan(name, rows, extends) for name, (rows, extends) in zip(names, plans, strict=True)
+        ShardPlan(name, path, listed[-1] if extends else None)
+        for name, (path, extends) in zip(names, parts, strict=True)
     ]
 
 
@@ -378,14 +401,15 @@ class ShardEmbedder:
             raise CarriedError.of(err) from None
         return out
 
-    def write(self, name: str, extends: str | None, lines: str) -> dict[str, Any]:
-        """Embed one shard's items and write the shard: its record's fields, the items added
-        and skipped, and when it started and finished (the actor's clock: the pool's busy time
-        in `ClusterIndexOptions.stats`)."""
+    def write(self, name: str, extends: str | None, listing: str) -> dict[str, Any]:
+        """Embed one shard's items (listed in the file `listing`) and write the shard: its
+        record's fields, the items added and skipped, and when it started and finished (the
+        actor's clock: the pool's busy time in `ClusterIndexOptions.stats`)."""
         from ucl_cli.bank.shards import manifest_digest, start_shard
         from ucl_cli.bank.writer import BankWriter
 
         started = time.time()
+        lines = Path(listing).read_text(encoding="utf-8")
         items = [BankItem.from_line(line) for line in lines.splitlines() if line]
         shard_dir = start_shard(self.bank_dir, name, extends)
         skips = _Skips()

@@ -16,32 +16,30 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ucl_cli.distributed.actor import ShardHost, ShardRef, shard_rows
+from ucl_cli.bridge.scoring import lse_parts
+from ucl_cli.distributed.actor import ShardHost, ShardRef
+from ucl_cli.distributed.bridge_request import BridgeRequest
 from ucl_cli.estimators.bridge import PartialScores
 from ucl_cli.estimators.calibrated import CalibratedPartial
 
 
-@dataclass(frozen=True)
-class ScoreRequest:
-    """What every actor needs for one batch: the two models' keys, the tempered logit scales,
-    the embeddings (float32, unit-norm rows), whether to normalise per candidate, and the
-    sub-bank scored (global rows; None: the whole bank)."""
+@dataclass(frozen=True, kw_only=True)
+class ScoreRequest(BridgeRequest):
+    """lse's request: the sides' tempered scales, and whether to normalise per candidate."""
 
     what: ClassVar[str] = "partial sums"
 
-    query_key: str
-    candidate_key: str
-    query_scale: float
-    candidate_scale: float
-    queries: np.ndarray  # [N, d1]
-    candidates: np.ndarray  # [K, d2]
     normalize: str = "none"
-    rows: np.ndarray | None = None
 
     def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WirePartial:
-        keys = (self.query_key, self.candidate_key)
-        query_rows, candidate_rows = shard_rows(bank, shard, self.rows, *keys)
-        return shard_partial(query_rows, candidate_rows, self, host.device)
+        held = self.shard_bridge(bank, shard)
+        if held is None:  # no row of the sub-bank here: logsumexp over no rows
+            shape = (self.queries.shape[0], self.candidates.shape[0])
+            normalizer = None if self.normalize == "none" else np.full(shape[1], -np.inf)
+            return WirePartial(np.full(shape, -np.inf), 0, "float32", normalizer)
+        bridge, _ = held
+        parts = lse_parts(bridge, self.queries, self.candidates, self.normalize, host.device)
+        return _merged(parts)
 
 
 @dataclass(frozen=True)
@@ -58,25 +56,6 @@ class WirePartial:
         normalizer = None if self.normalizer is None else torch.tensor(self.normalizer)
         bridge = PartialScores(torch.tensor(self.lse), self.count, getattr(torch, self.dtype))
         return CalibratedPartial(bridge, normalizer)
-
-
-def shard_partial(
-    query_rows: np.ndarray, candidate_rows: np.ndarray, request: ScoreRequest, device: str = "cpu"
-) -> WirePartial:
-    """The partial sums over one shard's rows (its two models' matrices, row-aligned)."""
-    from ucl_cli.bridge.methods import Bridge, BridgeSide
-    from ucl_cli.bridge.scoring import lse_parts
-
-    bridge = Bridge(
-        BridgeSide(query_rows, request.query_scale),
-        BridgeSide(candidate_rows, request.candidate_scale),
-    )
-    parts = lse_parts(bridge, request.queries, request.candidates, request.normalize, device)
-    if not parts:  # an empty shard adds nothing: logsumexp over no rows
-        shape = (request.queries.shape[0], request.candidates.shape[0])
-        normalizer = None if request.normalize == "none" else np.full(shape[1], -np.inf)
-        return WirePartial(np.full(shape, -np.inf), 0, "float32", normalizer)
-    return _merged(parts)
 
 
 def _merged(parts: list[CalibratedPartial]) -> WirePartial:

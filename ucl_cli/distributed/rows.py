@@ -145,38 +145,21 @@ class RemoteBridge:
         from ucl_cli.distributed.partials import ScoreRequest
         from ucl_cli.estimators.calibrated import combine_calibrated
 
-        tempered = self.bridge.tempered(calibration)
         request = ScoreRequest(
-            query_key=self.query_rows.key,
-            candidate_key=self.candidate_rows.key,
-            query_scale=tempered.query_side.scale,
-            candidate_scale=tempered.candidate_side.scale,
-            queries=_float32(queries),
-            candidates=_float32(candidates),
-            normalize=calibration.normalize,
-            rows=self.rows,
+            **self._batch(queries, candidates, calibration), normalize=calibration.normalize
         )
         found = self.scorer.gather(request)
         values = combine_calibrated([found[name].to_partial() for name in self._names()])
-        return Scores(values, values.argsort(dim=1, descending=True, stable=True))
+        return Scores(values, _order(values))
 
     def caption(self, queries: np.ndarray, candidates: np.ndarray) -> Scores:
         """`scoring.caption_scores`: each shard's best row, the best kept (`captions`)."""
         from ucl_cli.bridge.methods import Scores
         from ucl_cli.distributed.captions import CaptionRequest, best_captions
 
-        request = CaptionRequest(
-            query_key=self.query_rows.key,
-            candidate_key=self.candidate_rows.key,
-            candidate_scale=self.bridge.candidate_side.scale,
-            queries=_float32(queries),
-            candidates=_float32(candidates),
-            rows=self.rows,
-        )
-        found = self.scorer.gather(request)
+        found = self.scorer.gather(CaptionRequest(**self._batch(queries, candidates)))
         values, rows = best_captions([found[name] for name in self._names()])
-        return Scores(values, values.argsort(dim=1, descending=True, stable=True),
-                      bank_rows=rows)  # fmt: skip
+        return Scores(values, _order(values), bank_rows=rows)
 
     def explain(
         self,
@@ -189,19 +172,12 @@ class RemoteBridge:
         """`scoring.explain`: each shard's heaviest rows and mass, joined (`explanations`)."""
         from ucl_cli.distributed.explanations import ExplainRequest, joined
 
-        tempered = self.bridge.tempered(calibration)
-        wanted = sorted({k for _, k in pairs})
+        wanted = sorted({k for _, k in pairs})  # only the pairs' candidates travel
         column = {k: i for i, k in enumerate(wanted)}
         request = ExplainRequest(
-            query_key=self.query_rows.key,
-            candidate_key=self.candidate_rows.key,
-            query_scale=tempered.query_side.scale,
-            candidate_scale=tempered.candidate_side.scale,
-            queries=_float32(queries),
-            candidates=_float32(np.asarray(candidates)[wanted]),
+            **self._batch(queries, np.asarray(candidates)[wanted], calibration),
             pairs=tuple((n, column[k]) for n, k in pairs),
             top=top,
-            rows=self.rows,
         )
         found = self.scorer.gather(request)
         return joined([found[name] for name in self._names()], top)
@@ -209,28 +185,46 @@ class RemoteBridge:
     def topk(
         self, queries: np.ndarray, candidates: np.ndarray, settings: ScoringSettings, top: int
     ) -> Scores:
-        """`scoring.topk_scores`: each round's bounds from every shard, joined (`bridge_topk`)."""
-        from ucl_cli.distributed.bridge_topk import ShardedSide, cluster_topk_scores
+        """`scoring.topk_scores`: each round's bounds from every shard, joined (`bridge_topk`;
+        the sides go untempered: the calibration is applied there)."""
+        from ucl_cli.distributed.bridge_topk import cluster_topk_scores
 
-        sides = (
-            ShardedSide(rows.key, side.scale, side.row_norm)
-            for rows, side in (
-                (self.query_rows, self.bridge.query_side),
-                (self.candidate_rows, self.bridge.candidate_side),
-            )
-        )
+        batch = self._batch(queries, candidates)
         return cluster_topk_scores(
             self.scorer.gather,
             self.scorer.shards,
-            *sides,
-            _float32(queries),
-            _float32(candidates),
+            batch["query_side"],
+            batch["candidate_side"],
+            batch["queries"],
+            batch["candidates"],
             top=top,
             nearest_rows=settings.nearest_rows,
             max_nearest_rows=settings.max_nearest_rows,
             calibration=settings.calibration,
             rows=self.rows,
         )
+
+    def _batch(
+        self,
+        queries: np.ndarray,
+        candidates: np.ndarray,
+        calibration: Calibration | None = None,
+    ) -> dict[str, Any]:
+        """What every request carries (`bridge_request.BridgeRequest`): the two sides (their
+        scales tempered by `calibration`, when given), the embeddings, the sub-bank."""
+        from ucl_cli.distributed.bridge_request import ShardedSide
+
+        bridge = self.bridge if calibration is None else self.bridge.tempered(calibration)
+        query, candidate = bridge.query_side, bridge.candidate_side
+        return {
+            "query_side": ShardedSide(self.query_rows.key, query.scale, query.row_norm),
+            "candidate_side": ShardedSide(
+                self.candidate_rows.key, candidate.scale, candidate.row_norm
+            ),
+            "queries": _float32(queries),
+            "candidates": _float32(candidates),
+            "rows": self.rows,
+        }
 
     def _names(self) -> list[str]:
         """The shards' names in bank order (`gather` has an answer from each, or fails)."""
@@ -244,6 +238,10 @@ def remote_bridge(bridge: Bridge) -> RemoteBridge | None:
     if not isinstance(left, RemoteRows) or not left.same_rows(right):
         return None
     return RemoteBridge(bridge, left, right)
+
+
+def _order(values: Any) -> Any:
+    return values.argsort(dim=1, descending=True, stable=True)
 
 
 def _float32(array: np.ndarray) -> np.ndarray:
