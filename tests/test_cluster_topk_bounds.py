@@ -250,6 +250,27 @@ def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(tmp
         bank.close()
 
 
+def test_topk_bounds_a_block_of_queries_at_a_time_with_the_same_result(tmp_path, monkeypatch):
+    # In one process as on a shard: a batch whose queries x T x candidates products exceed
+    # TOPK_BLOCK_VALUES is bounded in blocks of queries, each query's bounds its own.
+    import ucl_cli.bridge.scoring as scoring
+
+    rng = np.random.default_rng(3)
+    left, right = paired_bank(rng, centres=200, per_centre=20, noise=3e-2)
+    bank = ShardedBank(tmp_path, left, right, [3200, 800], ["IVF64,Flat", "Flat"], (100.0, 33.0))
+    try:
+        queries, candidates = queries_and_candidates(rng, left, right)
+        whole = bank.local_scores(queries, candidates, top=5, nearest_rows=4)
+        monkeypatch.setattr(scoring, "TOPK_BLOCK_VALUES", 1)  # one query per block
+        blocked = bank.local_scores(queries, candidates, top=5, nearest_rows=4)
+        assert torch.allclose(blocked.lower, whole.lower, rtol=0, atol=1e-6)
+        assert torch.allclose(blocked.upper, whole.upper, rtol=0, atol=1e-6)
+        assert torch.equal(blocked.certified, whole.certified)
+        check_against_exact(blocked, exact_scores(queries, candidates, left, right, bank.scales))
+    finally:
+        bank.close()
+
+
 # --- adversarial inputs ---------------------------------------------------------------------
 
 ADVERSARIAL = {

@@ -65,6 +65,9 @@ if TYPE_CHECKING:  # FAISS is imported only by the methods that search
 
 # Bank rows scored per step: bounds memory at (N + K) * BANK_CHUNK floats whatever M is.
 BANK_CHUNK = 1 << 16
+# `topk`: the most queries x T x candidates products bounded at once (each a float32, with
+# float64 copies in the bounds): ~128 MB of them, whatever the batch.
+TOPK_BLOCK_VALUES = 1 << 25
 
 
 def lse_scores(
@@ -419,16 +422,42 @@ def _bounds(
     device: str,
 ) -> BridgeBounds:
     """Bounds on the (unnormalised) score from the queries' exact row `left` [N, M] and the
-    candidates' search `found`."""
-    left_top = top_entries(left, t)  # the T-th value bounds every other row
+    candidates' search `found`, a block of queries at a time: each query's bounds are its own,
+    and a block holds at most `TOPK_BLOCK_VALUES` of the queries x T x candidates products
+    (100 queries x 8,192 rows x 1,000 candidates would be 3.3 GB at once, more in float64)."""
     scale = candidate_side.scale
     right_top = _scaled_top(found.values, found.rows, found.ceiling, scale, device)
     c = _tensor(candidates, device)
-    # right[I_n[t], k]: the N*T bank rows of the queries' top lists against every candidate.
+    step = max(1, TOPK_BLOCK_VALUES // max(1, min(t, left.shape[1]) * len(candidates)))
+    shared = (candidates, c, found, right_top, candidate_side, t, limits, device)
+    blocks = [_block_bounds(left[n0 : n0 + step], *shared) for n0 in range(0, left.shape[0], step)]
+    if len(blocks) == 1:
+        return blocks[0]
+    return BridgeBounds(
+        lower=torch.cat([block.lower for block in blocks]),
+        upper=torch.cat([block.upper for block in blocks]),
+    )
+
+
+def _block_bounds(
+    left: torch.Tensor,
+    candidates: np.ndarray,
+    c: torch.Tensor,
+    found: Neighbours,
+    right_top: TopEntries,
+    candidate_side: BridgeSide,
+    t: int,
+    limits: PathLimits,
+    device: str,
+) -> BridgeBounds:
+    """`_bounds` for one block of queries (`left` [n, M])."""
+    left_top = top_entries(left, t)  # the T-th value bounds every other row
+    scale = candidate_side.scale
+    # right[I_n[t], k]: the n*T bank rows of the queries' top lists against every candidate.
     listed = left_top.indices.reshape(-1).cpu().numpy()
     query_bank_rows = _tensor(candidate_side.bank[listed], device)
     right_at_left_top = scale * (query_bank_rows @ c.T).reshape(*left_top.indices.shape, -1)
-    left_at_right_top = left[:, right_top.indices]  # [N, K, T]
+    left_at_right_top = left[:, right_top.indices]  # [n, K, T]
     rest = _grouped_rest(left, left_top.indices, found, candidate_side, candidates, device)
     return topk_bridge_bounds(
         left_top,
