@@ -200,32 +200,38 @@ def test_the_shards_certify_the_top_that_the_whole_bank_does(split_bank):
     )  # fmt: skip
 
 
-def test_each_round_asks_every_shard_and_grows_the_lists_of_the_blocking_candidates(tmp_path):
-    # Lists of 64 on a shard, 8 visited first: candidates aimed between clusters block the top
-    # until more lists are visited, and the shards are asked again for just that.
+@pytest.fixture
+def growing(tmp_path):
+    """A bank whose first round leaves the top uncertified: lists of 64 on a shard, 8 visited
+    first, and candidates aimed between clusters, which block the top until more lists are
+    visited. (bank, queries, candidates)."""
     rng = np.random.default_rng(3)
     left, right = paired_bank(rng, centres=200, per_centre=20, noise=3e-2)
     bank = ShardedBank(tmp_path, left, right, [3200, 800], ["IVF64,Flat", "Flat"], (100.0, 33.0))
-    try:
-        queries, candidates = queries_and_candidates(rng, left, right)
-        candidates = np.concatenate([candidates, unit(rng.standard_normal((60, DIM_C)))])
-        scores = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
-        exact = exact_scores(queries, candidates, left, right, bank.scales)
-        check_against_exact(scores, exact)
-        first, *later = bank.requests
-        assert first.nprobe is None and later, "no round after the first"
-        assert max(int(r.nprobe.max()) for r in later) > 8  # some candidate visited more lists
-        assert all(r.nprobe.min() == 8 for r in later)  # the others stayed at the default
-    finally:
-        bank.close()
+    queries, candidates = queries_and_candidates(rng, left, right)
+    candidates = np.concatenate([candidates, unit(rng.standard_normal((60, DIM_C)))])
+    yield bank, queries, candidates
+    bank.close()
 
 
-def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(tmp_path, monkeypatch):
+def exact_of(bank, queries, candidates) -> np.ndarray:
+    return exact_scores(queries, candidates, bank.left, bank.right, bank.scales)
+
+
+def test_each_round_asks_every_shard_and_grows_the_lists_of_the_blocking_candidates(growing):
+    bank, queries, candidates = growing
+    scores = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
+    check_against_exact(scores, exact_of(bank, queries, candidates))
+    first, *later = bank.requests
+    assert first.nprobe is None and later, "no round after the first"
+    assert max(int(r.nprobe.max()) for r in later) > 8  # some candidate visited more lists
+    assert all(r.nprobe.min() == 8 for r in later)  # the others stayed at the default
+
+
+def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(growing, monkeypatch):
     import ucl_cli.distributed.bridge_topk as bridge_topk
 
-    rng = np.random.default_rng(3)
-    left, right = paired_bank(rng, centres=200, per_centre=20, noise=3e-2)
-    bank = ShardedBank(tmp_path, left, right, [3200, 800], ["IVF64,Flat", "Flat"], (100.0, 33.0))
+    bank, queries, candidates = growing
     made = []
 
     class Counted(bridge_topk.BankBounds):
@@ -234,41 +240,30 @@ def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(tmp
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(bridge_topk, "BankBounds", Counted)
-    try:
-        queries, candidates = queries_and_candidates(rng, left, right)
-        candidates = np.concatenate([candidates, unit(rng.standard_normal((60, DIM_C)))])
-        fresh = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
-        rounds = len(bank.requests)
-        assert rounds > 1 and len(made) == 2 * rounds  # every shard, every round: made again
-        made.clear()
-        bank.actor = ShardHost(device="cpu")
-        kept = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
-        assert len(bank.requests) == 2 * rounds and len(made) == 2  # once per shard
-        for field in ("lower", "upper", "order", "certified"):
-            assert torch.equal(getattr(kept, field), getattr(fresh, field)), field
-    finally:
-        bank.close()
+    fresh = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
+    rounds = len(bank.requests)
+    assert rounds > 1 and len(made) == 2 * rounds  # every shard, every round: made again
+    made.clear()
+    bank.actor = ShardHost(device="cpu")
+    kept = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
+    assert len(bank.requests) == 2 * rounds and len(made) == 2  # once per shard
+    for field in ("lower", "upper", "order", "certified"):
+        assert torch.equal(getattr(kept, field), getattr(fresh, field)), field
 
 
-def test_topk_bounds_a_block_of_queries_at_a_time_with_the_same_result(tmp_path, monkeypatch):
+def test_topk_bounds_a_block_of_queries_at_a_time_with_the_same_result(growing, monkeypatch):
     # In one process as on a shard: a batch whose queries x T x candidates products exceed
     # TOPK_BLOCK_VALUES is bounded in blocks of queries, each query's bounds its own.
     import ucl_cli.bridge.scoring as scoring
 
-    rng = np.random.default_rng(3)
-    left, right = paired_bank(rng, centres=200, per_centre=20, noise=3e-2)
-    bank = ShardedBank(tmp_path, left, right, [3200, 800], ["IVF64,Flat", "Flat"], (100.0, 33.0))
-    try:
-        queries, candidates = queries_and_candidates(rng, left, right)
-        whole = bank.local_scores(queries, candidates, top=5, nearest_rows=4)
-        monkeypatch.setattr(scoring, "TOPK_BLOCK_VALUES", 1)  # one query per block
-        blocked = bank.local_scores(queries, candidates, top=5, nearest_rows=4)
-        assert torch.allclose(blocked.lower, whole.lower, rtol=0, atol=1e-6)
-        assert torch.allclose(blocked.upper, whole.upper, rtol=0, atol=1e-6)
-        assert torch.equal(blocked.certified, whole.certified)
-        check_against_exact(blocked, exact_scores(queries, candidates, left, right, bank.scales))
-    finally:
-        bank.close()
+    bank, queries, candidates = growing
+    whole = bank.local_scores(queries, candidates, top=5, nearest_rows=4)
+    monkeypatch.setattr(scoring, "TOPK_BLOCK_VALUES", 1)  # one query per block
+    blocked = bank.local_scores(queries, candidates, top=5, nearest_rows=4)
+    assert torch.allclose(blocked.lower, whole.lower, rtol=0, atol=1e-6)
+    assert torch.allclose(blocked.upper, whole.upper, rtol=0, atol=1e-6)
+    assert torch.equal(blocked.certified, whole.certified)
+    check_against_exact(blocked, exact_of(bank, queries, candidates))
 
 
 # --- adversarial inputs ---------------------------------------------------------------------
