@@ -45,6 +45,14 @@ def plugin(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def runner():
+    """The CLI, invoked in this process (Typer's test runner: stdout and stderr apart)."""
+    from typer.testing import CliRunner
+
+    return CliRunner()
+
+
+@pytest.fixture
 def media_dir(tmp_path):
     """An image and an audio clip of each planted concept (files named by concept), for CLI
     tests with the planted backend (tests/planted_backend.py)."""

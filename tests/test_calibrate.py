@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_eval import IMAGE_TEXT, PLANTED_BANK, TEXT_AUDIO, concept_manifest
-from typer.testing import CliRunner
 
 from ucl_cli.bank import resolve_bank, save_bank, text_item
 from ucl_cli.bank.calibrations import (
@@ -167,11 +166,6 @@ def test_options_are_checked(field, value, message):
 
 
 # --- through the CLI, with the planted backend ----------------------------------------------
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

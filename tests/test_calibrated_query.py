@@ -25,7 +25,6 @@ from test_certificates import (
 )
 from test_eval import concept_manifest, run_eval
 from test_query import image_to_audio, index_planted, jsonl, run_query
-from typer.testing import CliRunner
 
 from ucl_cli.bank.nearest import CertifiedNearest
 from ucl_cli.bridge.methods import (
@@ -244,11 +243,6 @@ def planted_score(same: bool, t1: float, t2: float, normalize: str) -> float:
     if normalize == "candidates":
         score -= math.log(math.exp(t2 * S2) + m - 1) - math.log(m)
     return score
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ import planted_backend as planted
 import pytest
 import torch
 from test_query import BANK_TEXTS, IMAGE_TEXT, TEXT_AUDIO, expected_score, index_planted
-from typer.testing import CliRunner
 
 from ucl_cli.bank import IndexOptions, collect_file_items, index_items
 from ucl_cli.bank.catalog import resolve_bank
@@ -28,11 +27,6 @@ from ucl_cli.bridge.candidate_sources import CandidateSource, rank_sources
 from ucl_cli.bridge.methods import Bridge, BridgeSide, ScoringSettings, method_named
 from ucl_cli.cli import app
 from ucl_cli.estimators import bridge_scores
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

@@ -29,7 +29,6 @@ import soundfile as sf
 from media_samples import ALSA_SOUNDS, FREEDESKTOP_SOUNDS, SKIMAGE_DATA, sample
 from PIL import Image
 from scipy.stats import t as student_t
-from typer.testing import CliRunner
 
 from ucl_cli.bank import load_bank, resolve_bank, save_bank, text_item
 from ucl_cli.cli import app
@@ -393,11 +392,6 @@ PLANTED_BANK = [f"concept {j}" for j in range(planted.CONCEPTS)] + [
     "more noise",
     "a fourth distractor",
 ]
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

@@ -30,11 +30,6 @@ BANK_TEXTS = [f"concept {j}" for j in range(planted.CONCEPTS)] + ["a distractor"
 BUILTIN_TEXTS = 1_054
 
 
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
-
-
 def index(runner, tmp_path: Path, *args: str, texts: list[str] = BANK_TEXTS):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(texts) + "\n")

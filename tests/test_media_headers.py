@@ -25,7 +25,6 @@ from media_samples import (
 )
 from PIL import Image
 from test_query import image_to_audio, index_planted, jsonl, run_query
-from typer.testing import CliRunner
 
 from ucl_cli.errors import InputFileError
 from ucl_cli.media import audio as audio_module
@@ -398,11 +397,6 @@ def test_running_out_of_memory_decoding_an_image_is_one_error(tmp_path, monkeypa
 
 
 # --- through `ucl query` -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture

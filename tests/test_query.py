@@ -19,7 +19,6 @@ import numpy as np
 import planted_backend as planted
 import pytest
 import soundfile as sf
-from typer.testing import CliRunner
 
 from ucl_cli.cli import app
 
@@ -34,11 +33,6 @@ def expected_score(same_concept: bool) -> float:
     if same_concept:
         return math.log(math.exp(S1 + S2) + M - 1) - math.log(M)
     return math.log(math.exp(S1) + math.exp(S2) + M - 2) - math.log(M)
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 def index_planted(runner, corpus: Path, texts: list[str], bank: str, *options: str) -> None:

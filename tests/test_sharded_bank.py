@@ -21,7 +21,6 @@ import planted_backend as planted
 import pytest
 import torch
 from test_query import BANK_TEXTS, IMAGE_TEXT, TEXT_AUDIO, expected_score, index_planted
-from typer.testing import CliRunner
 
 from ucl_cli.bank import ModelRecord, load_bank, save_bank, text_item
 from ucl_cli.bank.catalog import resolve_bank
@@ -39,11 +38,6 @@ MODELS = [
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     rows = rng.standard_normal((n, dim)).astype(np.float32)
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
-@pytest.fixture
-def runner() -> CliRunner:
-    return CliRunner()
 
 
 @pytest.fixture
