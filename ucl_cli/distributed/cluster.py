@@ -1,7 +1,8 @@
 """Where `--cluster` (or UCL_CLUSTER) sends the work, and connecting to it.
 
 - none (the default): everything runs in this process, as without Ray.
-- `local`: start a Ray cluster on this machine (loopback only), for this run.
+- `local`: start a Ray cluster on this machine, for this run (asked for 127.0.0.1, Ray 2.60
+  still listens on every interface, guarded by the token authentication it turns on).
 - `auto`: connect to a running cluster, found as Ray's own `address="auto"` finds it (the
   RAY_ADDRESS variable, or the cluster started on this machine by `ray start --head`).
 - `ray://HOST:PORT`: connect through Ray Client to a cluster's head node.
@@ -60,7 +61,7 @@ def connect(spec: str, *, num_cpus: int | None = None) -> bool:
             address="local",  # a new cluster, even where a crashed one left its address behind
             num_cpus=num_cpus,
             include_dashboard=False,
-            _node_ip_address="127.0.0.1",  # a local cluster listens on loopback only
+            _node_ip_address="127.0.0.1",  # asked; Ray 2.60 listens on every interface anyway
             **quiet,
         )
     else:
