@@ -31,7 +31,12 @@ from ucl_cli.bridge.scoring import topk_scores
 from ucl_cli.calibration import Calibration
 from ucl_cli.distributed.actor import ShardHost, ShardRef
 from ucl_cli.distributed.bridge_request import ShardedSide
-from ucl_cli.distributed.bridge_topk import BoundsRequest, cluster_topk_scores, joined_log_mean
+from ucl_cli.distributed.bridge_topk import (
+    BoundsRequest,
+    cluster_topk_scores,
+    joined_log_mean,
+    shard_depths,
+)
 
 DIM_Q, DIM_C = 16, 12
 
@@ -100,9 +105,11 @@ class ShardedBank:
         self.actor: ShardHost | None = None
 
     def gather(self, request: BoundsRequest) -> dict:
-        self.requests.append(request)
+        # each round's bounds requests (not the questions for the shards' top values before)
+        if not request.tops_only:
+            self.requests.append(request)
         # as an actor computes (its banks opened here); `self.actor` None: a new actor each
-        # round, which has kept nothing from the last
+        # call, which has kept nothing from the last
         host = self.actor or ShardHost(device="cpu")
         return {shard.name: request.on_shard(self.banks[shard.name], shard, host)
                 for shard in reversed(self.shards)}  # fmt: skip
@@ -242,13 +249,29 @@ def test_an_actor_keeps_each_shard_search_between_rounds_and_bounds_the_same(gro
     monkeypatch.setattr(bridge_topk, "BankBounds", Counted)
     fresh = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
     rounds = len(bank.requests)
-    assert rounds > 1 and len(made) == 2 * rounds  # every shard, every round: made again
+    # every shard, every call (two a round: its top values, then its bounds): made again
+    assert rounds > 1 and len(made) == 2 * 2 * rounds
     made.clear()
     bank.actor = ShardHost(device="cpu")
     kept = bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
     assert len(bank.requests) == 2 * rounds and len(made) == 2  # once per shard
     for field in ("lower", "upper", "order", "certified"):
         assert torch.equal(getattr(kept, field), getattr(fresh, field)), field
+
+
+def test_the_shards_list_together_about_the_rows_one_pass_lists(growing):
+    # Each shard lists as many of its top rows as any query has among its T best of the whole
+    # bank, not T each: together about T (more only where queries differ), at least one each.
+    assert shard_depths({"a": np.array([[5.0, 4.0, 3.0]]), "b": np.array([[4.5, 1.0, 0.0]])},
+                        3) == {"a": 2, "b": 1}  # fmt: skip
+    assert shard_depths({"a": np.array([[5.0, 4.0]]), "empty": np.empty((1, 0))}, 8) == {
+        "a": 2, "empty": 1,
+    }  # fmt: skip
+    bank, queries, candidates = growing
+    bank.cluster_scores(queries, candidates, top=5, nearest_rows=4)
+    for request in bank.requests:
+        assert set(request.depths) == {shard.name for shard in bank.shards}
+        assert request.t <= sum(request.depths.values()) < 2 * request.t
 
 
 def test_topk_bounds_a_block_of_queries_at_a_time_with_the_same_result(growing, monkeypatch):

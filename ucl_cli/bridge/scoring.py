@@ -298,6 +298,11 @@ class BankBounds:
             self._left, self._candidates, self._found, self._side, t, self.limits, self._device
         )
 
+    def left_tops(self, t: int) -> torch.Tensor:
+        """Each query's `t` largest query-side values [N, min(t, M)] (descending): what the
+        shards of a bank compare to share out the T rows one pass would list."""
+        return top_entries(self._left, t).values
+
     def lists(self) -> int:
         return self._side.nearest.lists()
 

@@ -6,8 +6,10 @@ shard's log-sum therefore join into bounds on the whole (logsumexp is monotone i
 argument), less log M. Each round of `scoring.topk_rounds` asks every shard for its bounds
 (`BoundsRequest.on_shard`: the one-bank arithmetic, `scoring.BankBounds`, over the shard's
 rows, with the whole bank's largest row norms so that every shard shares one `PathLimits`);
-`ShardBounds` joins them in float64, widened by the joining's own rounding. The driver holds
-no bank row. An actor keeps each shard's query side and candidate searches between the rounds
+`ShardBounds` joins them in float64, widened by the joining's own rounding. Each round first
+asks every shard for its queries' best query-side values, so that the shards list together
+about the T rows one pass would (`shard_depths`), not T rows each. The driver holds no bank
+row. An actor keeps each shard's query side and candidate searches between the rounds
 of one search (`ShardHost.kept`: soft state, made again where it is missing).
 """
 
@@ -61,11 +63,17 @@ class BoundsRequest(BridgeRequest):
     nprobe: np.ndarray | None = None
     normalizer: bool = False
     search: str = ""  # names one topk search: its rounds share what each actor kept
+    # How many top rows each shard lists (by name; `t` for a shard not named): `shard_depths`
+    depths: dict[str, int] | None = None
+    tops_only: bool = False  # answer each query's `t` largest query-side values instead
 
-    def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WireBounds:
-        """Bounds on the log-SUM over this shard's rows (or its rows of the sub-bank)."""
+    def on_shard(self, bank: Any, shard: ShardRef, host: ShardHost) -> WireBounds | np.ndarray:
+        """Bounds on the log-SUM over this shard's rows (or its rows of the sub-bank); with
+        `tops_only`, each query's `t` largest values of the query side there [N, <= t]."""
         local, _ = shard_selection(shard, self.rows)
         if not len(local):
+            if self.tops_only:
+                return np.empty((len(self.queries), 0), dtype=np.float32)
             return WireBounds.empty(len(self.queries), len(self.candidates), self.normalizer)
         device = host.device
 
@@ -81,7 +89,10 @@ class BoundsRequest(BridgeRequest):
                 bridge, source = host.kept((self.search, shard.path), shard_source)
             else:
                 bridge, source = shard_source()
-            bounds = source.bounds(self.t, self.nprobe)
+            if self.tops_only:
+                return source.left_tops(self.t).cpu().numpy()
+            depth = self.t if self.depths is None else self.depths.get(shard.name, self.t)
+            bounds = source.bounds(depth, self.nprobe)
             normalizer = (
                 candidate_bank_sums(bridge.candidate_side, self.candidates, device)
                 if self.normalizer
@@ -168,7 +179,10 @@ class ShardBounds:
 
     def bounds(self, t: int, nprobe: np.ndarray | None) -> BridgeBounds:
         wants_normalizer = self._normalize and self._normalizer is None
-        request = replace(self._request, t=t, nprobe=nprobe, normalizer=wants_normalizer)
+        round_request = replace(self._request, t=t, nprobe=nprobe)
+        tops = self._gather(replace(round_request, tops_only=True))
+        depths = shard_depths({shard.name: tops[shard.name] for shard in self._shards}, t)
+        request = replace(round_request, normalizer=wants_normalizer, depths=depths)
         found = self._gather(request)
         answers = [found[shard.name] for shard in self._shards]
         rows = sum(answer.count for answer in answers)
@@ -201,6 +215,26 @@ class ShardBounds:
         if self._answered is None:
             raise RuntimeError("the shards' indexes are known from their first bounds only")
         return self._answered
+
+
+def shard_depths(tops: Mapping[str, np.ndarray], t: int) -> dict[str, int]:
+    """How many of its top rows each shard lists: the most, over the queries, of its rows
+    among the query's `t` best of the whole bank (at least 1). Any depth gives sound bounds
+    (a shard bounds the rows it does not list by its own last listed value); with these the
+    shards list together about the `t` rows one pass over the bank would, each bounding the
+    rest by a value no larger than one pass's, instead of `t` rows each. `tops`: each shard's
+    `t` largest query-side values per query [N, <= t]."""
+    joined = np.concatenate(list(tops.values()), axis=1)
+    k = min(t, joined.shape[1])
+    if k == 0:
+        return {}
+    threshold = np.partition(joined, joined.shape[1] - k, axis=1)[:, joined.shape[1] - k]
+    return {
+        name: max(1, int((values >= threshold[:, None]).sum(axis=1).max()))
+        if values.shape[1]
+        else 1
+        for name, values in tops.items()
+    }
 
 
 def joined_log_mean(parts: np.ndarray, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -265,4 +299,5 @@ __all__ = [
     "WireBounds",
     "cluster_topk_scores",
     "joined_log_mean",
+    "shard_depths",
 ]
