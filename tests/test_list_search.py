@@ -21,7 +21,6 @@ from test_collection_query import (
     _unit,
     bank,  # noqa: F401 (fixture)
     query,
-    runner,  # noqa: F401 (fixture)
 )
 
 from ucl_cli import config
@@ -142,7 +141,7 @@ def test_a_float32_near_tie_is_never_certified_by_the_list_walk():
 
 def test_topk_over_an_ivf_collection_through_the_cli_equals_lse_and_saves_its_table(
     bank,  # noqa: F811
-    runner,  # noqa: F811
+    runner,
     media_dir,
 ):
     encoder = planted.PlantedEncoder(TEXT_AUDIO, "cpu")
