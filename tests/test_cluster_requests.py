@@ -145,3 +145,17 @@ def test_joined_explanations_of_parts_are_the_explanation_of_the_whole():
     assert torch.allclose(joined.effective_sample_size, whole.effective_sample_size, rtol=1e-5)
     assert (joined.bank_indices[2] == NO_ROW).all() and joined.effective_sample_size[2] == 0
     assert torch.isneginf(joined.log_mass[2])
+
+
+def test_a_collection_search_reads_a_sharded_bridge_bank_joined_once_per_actor(banks):
+    # A collection's shards are searched through the whole bridge bank: an actor joins the
+    # bank's shards from disk once and keeps them for the next search.
+    from ucl_cli.distributed.collection_tops import bridge_rows
+
+    plain, held, _, _ = banks
+    host = ShardHost(device="cpu")
+    rows = bridge_rows(held.vectors("q"))
+    assert len(rows.shards) == 4 and rows.matrix is None  # names travel, not rows
+    first = rows.read(host)
+    np.testing.assert_array_equal(first, plain.vectors("q"))
+    assert rows.read(host) is first

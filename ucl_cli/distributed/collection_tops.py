@@ -22,15 +22,12 @@ import torch
 from ucl_cli.calibration import Calibration
 from ucl_cli.distributed.actor import ShardHost, ShardRef
 
-# Bridge banks joined from their shards, per actor process: (shard paths, model) -> rows.
-_JOINED: dict[tuple[tuple[str, ...], str], np.ndarray] = {}
-_JOINED_KEPT = 4
-
 
 @dataclass(frozen=True)
 class BridgeRows:
     """One model's bridge bank as an actor reads it: a matrix sent with the request, or the
-    bank's shards (`shards`, with `key`), mapped on the actor and joined once per process."""
+    bank's shards (`shards`, with `key`), mapped on the actor and joined once, then kept there
+    (`ShardHost.kept`) for the next search."""
 
     matrix: np.ndarray | None = None
     shards: tuple[ShardRef, ...] = ()
@@ -41,14 +38,14 @@ class BridgeRows:
             return self.matrix
         if len(self.shards) == 1:
             return host.bank(self.shards[0]).vectors(self.key)  # the memory map, as it is
-        name = (tuple(shard.path for shard in self.shards), self.key)
-        if name not in _JOINED:
-            if len(_JOINED) >= _JOINED_KEPT:
-                _JOINED.pop(next(iter(_JOINED)))
-            joined = np.concatenate([host.bank(shard).vectors(self.key) for shard in self.shards])
-            joined.flags.writeable = False
-            _JOINED[name] = joined
-        return _JOINED[name]
+
+        def joined() -> np.ndarray:
+            rows = np.concatenate([host.bank(shard).vectors(self.key) for shard in self.shards])
+            rows.flags.writeable = False
+            return rows
+
+        paths = tuple(shard.path for shard in self.shards)
+        return host.kept(("bridge rows", paths, self.key), joined)
 
 
 def bridge_rows(side_bank: Any) -> BridgeRows:

@@ -83,8 +83,9 @@ class RemoteRows:
 
 
 class ClusterBank:
-    """An opened bank held by a cluster's actors (see the module doc); closes the cluster's
-    actors, not the bank (the caller opened it)."""
+    """An opened bank held by a cluster's actors (see the module doc); closing it releases its
+    shards' places on the actors (and the actors, when its scorer has a pool of its own), not
+    the bank (the caller opened it)."""
 
     def __init__(self, bank: Any, scorer: ClusterScorer):
         self._bank = bank
