@@ -146,6 +146,7 @@ def test_audio_query_through_the_builtin_bank(standins, inputs, tmp_path):
     assert 1.0 <= hits[0]["effective_sample_size"] <= 1054
 
 
+@pytest.mark.slow  # a minute on 2 cores; test_calibrate.py checks calibrate with planted models
 def test_calibrate_runs_end_to_end_and_query_then_uses_what_it_stored(standins, inputs, tmp_path):
     from skimage import data
 
